@@ -1,0 +1,47 @@
+// Multi-scale deformable attention: the kernels' entry points and the checks they share.
+//
+// Shapes: value (N, S, M, D); spatial_shapes (L, 2) int64 rows (H, W); level_start_index (L,)
+// int64; sampling_locations (N, Lq, M, L, P, 2) normalised (x, y); attention_weights
+// (N, Lq, M, L, P); output and grad_output (N, Lq, M * D).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace deformable_detr {
+
+at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                      const at::Tensor& level_start_index,
+                                      const at::Tensor& sampling_locations,
+                                      const at::Tensor& attention_weights);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights, const at::Tensor& grad_output);
+
+#ifdef WITH_CUDA
+at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                       const at::Tensor& level_start_index,
+                                       const at::Tensor& sampling_locations,
+                                       const at::Tensor& attention_weights);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
+    const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights, const at::Tensor& grad_output);
+#endif
+
+// Sizes of one call, read off the tensors after check_inputs has accepted them.
+struct Sizes {
+  int64_t N, S, M, D, Lq, L, P;
+};
+
+// Shape, dtype and device checks shared by every backend (the Python wrapper checks the same
+// with friendlier messages; these guard direct calls through torch.ops). Returns the sizes.
+Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights);
+
+}  // namespace deformable_detr

@@ -1,0 +1,49 @@
+// Checks shared by the CPU and CUDA entry points of the op.
+#include "ms_deform_attn.h"
+
+#include <c10/util/Exception.h>
+
+namespace deformable_detr {
+
+Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights) {
+  TORCH_CHECK(value.dim() == 4, "value must be (N, S, M, D), got ", value.sizes());
+  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
+              "sampling_locations must be (N, Lq, M, L, P, 2), got ", sampling_locations.sizes());
+  TORCH_CHECK(attention_weights.dim() == 5, "attention_weights must be (N, Lq, M, L, P), got ",
+              attention_weights.sizes());
+  const Sizes s{value.size(0),
+                value.size(1),
+                value.size(2),
+                value.size(3),
+                sampling_locations.size(1),
+                sampling_locations.size(3),
+                sampling_locations.size(4)};
+  TORCH_CHECK(sampling_locations.size(0) == s.N && sampling_locations.size(2) == s.M,
+              "sampling_locations ", sampling_locations.sizes(), " disagrees with value ",
+              value.sizes());
+  TORCH_CHECK(attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
+              "attention_weights ", attention_weights.sizes(), " disagrees with sampling_locations ",
+              sampling_locations.sizes());
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(0) == s.L &&
+                  spatial_shapes.size(1) == 2,
+              "spatial_shapes must be (L, 2) with L = ", s.L, ", got ", spatial_shapes.sizes());
+  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == s.L,
+              "level_start_index must be (L,) with L = ", s.L, ", got ", level_start_index.sizes());
+  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong &&
+                  level_start_index.scalar_type() == at::kLong,
+              "spatial_shapes and level_start_index must be int64");
+  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
+                  attention_weights.scalar_type() == value.scalar_type(),
+              "value, sampling_locations and attention_weights must share a dtype, got ",
+              value.scalar_type(), ", ", sampling_locations.scalar_type(), ", ",
+              attention_weights.scalar_type());
+  const auto device = value.device();
+  TORCH_CHECK(spatial_shapes.device() == device && level_start_index.device() == device &&
+                  sampling_locations.device() == device && attention_weights.device() == device,
+              "all inputs must be on ", device);
+  return s;
+}
+
+}  // namespace deformable_detr

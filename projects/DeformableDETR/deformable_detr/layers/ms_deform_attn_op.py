@@ -1,0 +1,128 @@
+"""The multi-scale deformable attention op: the compiled kernels as a torch operator, and the
+wrapper that checks inputs and chooses kernel or reference.
+
+`torch.ops.deformable_detr.ms_deform_attn` is defined in csrc/vision.cpp; this module gives it
+autograd (the backward is the operator `ms_deform_attn_backward`) and fake kernels, so that
+torch.compile and torch.export see a single operator with known output shapes.
+
+Shapes: N batch, S value length, M heads, D head dim, Lq queries, L levels, P points.
+"""
+import logging
+import warnings
+
+import torch
+
+from .ms_deform_attn_checks import check_ms_deform_attn_inputs
+from .ms_deform_attn_ref import ms_deform_attn_pytorch
+
+__all__ = ["ms_deform_attn", "extension_available", "kernel_available"]
+
+logger = logging.getLogger(__name__)
+
+try:
+    from deformable_detr import _C  # noqa: F401  (loading it registers the operators)
+
+    _EXTENSION_ERROR = None
+except ImportError as e:  # not built: the reference is used, with a warning
+    _EXTENSION_ERROR = e
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_OP_NAME = "deformable_detr::ms_deform_attn"
+_warned = set()
+
+
+def extension_available() -> bool:
+    """Whether the compiled extension `deformable_detr._C` is loaded."""
+    return _EXTENSION_ERROR is None
+
+
+def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a compiled kernel exists for tensors of this device and dtype."""
+    if not extension_available() or dtype not in _KERNEL_DTYPES:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, key)
+
+
+def _warn_once(reason: str):
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"ms_deform_attn: {reason}; using the slower PyTorch reference.")
+
+
+if extension_available():
+
+    @torch.library.register_fake(_OP_NAME)
+    def _forward_fake(value, spatial_shapes, level_start_index, sampling_locations,
+                      attention_weights):
+        N, _, M, D = value.shape
+        Lq = sampling_locations.shape[1]
+        return value.new_empty((N, Lq, M * D))
+
+    @torch.library.register_fake(_OP_NAME + "_backward")
+    def _backward_fake(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights, grad_output):
+        return (torch.empty_like(value), torch.empty_like(sampling_locations),
+                torch.empty_like(attention_weights))
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = torch.ops.deformable_detr.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, locations, weights, grad_output
+        )
+        return grad_value, None, None, grad_locations, grad_weights
+
+    torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention: for every query and head, the attention-weighted sum of
+    values sampled bilinearly (zero padding, align_corners=False) at L * P locations.
+
+    Args:
+        value: (N, S, M, D), floating point.
+        spatial_shapes: (L, 2) integer rows (H, W) of the levels; sum of H * W equals S.
+        level_start_index: (L,) integer offset of each level in S.
+        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y): (0, 0) is the top-left
+            corner of a level, (1, 1) its bottom-right. Locations outside [0, 1] sample zeros;
+            NaN or inf locations sample zero and get zero gradient.
+        attention_weights: (N, Lq, M, L, P).
+
+    Returns:
+        (N, Lq, M * D), of the dtype the floating inputs promote to. Differentiable in value,
+        sampling_locations and attention_weights. Uses the compiled kernel when one exists for
+        the device and dtype, the PyTorch reference otherwise (with one warning).
+    """
+    check_ms_deform_attn_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    dtype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
+    )
+    value, sampling_locations, attention_weights = (
+        t.to(dtype) for t in (value, sampling_locations, attention_weights)
+    )
+    N, _, M, D = value.shape
+    Lq = sampling_locations.shape[1]
+    if N == 0 or Lq == 0:
+        # Keeps the graph connected, so that backward gives zero gradients.
+        return value.new_zeros((N, Lq, M * D)) + 0 * value.sum() + 0 * attention_weights.sum()
+    if kernel_available(value.device, dtype):
+        return torch.ops.deformable_detr.ms_deform_attn(
+            value, spatial_shapes.long(), level_start_index.long(), sampling_locations,
+            attention_weights,
+        )
+    if not extension_available():
+        _warn_once(f"the compiled extension is not built ({_EXTENSION_ERROR})")
+    else:
+        _warn_once(f"no compiled kernel for device {value.device.type} and dtype {dtype}")
+    return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)

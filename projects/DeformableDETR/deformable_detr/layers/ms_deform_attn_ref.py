@@ -1,0 +1,69 @@
+"""Pure-PyTorch reference of multi-scale deformable attention, built on grid_sample.
+
+Slow and memory-hungry (it materialises every sampled value), but simple and independent of the
+compiled kernels: the tests hold the kernels against it, and the wrapper falls back on it where no
+kernel exists for a device or dtype.
+
+Shapes: N batch, S value length (sum of H_l * W_l), M heads, D head dim, Lq queries, L levels,
+P points per level and head.
+"""
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ms_deform_attn_pytorch"]
+
+# Where non-finite locations are sent: far enough outside [0, 1] that every bilinear corner is
+# outside the map, so they sample zero, as in the compiled kernels.
+_OUTSIDE = -2.0
+
+
+def ms_deform_attn_pytorch(
+    value: torch.Tensor,
+    spatial_shapes: Union[torch.Tensor, Sequence[Tuple[int, int]]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention by bilinear grid sampling.
+
+    Args:
+        value: (N, S, M, D).
+        spatial_shapes: (L, 2) rows (H, W), a tensor or a list of pairs; sum of H * W equals S.
+        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y); (0, 0) is the top-left corner
+            of the map and (1, 1) the bottom-right. Outside [0, 1] samples zero; NaN or inf
+            locations sample zero and get zero gradient.
+        attention_weights: (N, Lq, M, L, P).
+
+    Returns:
+        (N, Lq, M * D): for each query and head, the weighted sum of the sampled values.
+    """
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else list(spatial_shapes)
+    sizes = [int(h) * int(w) for h, w in shapes]
+    finite = torch.isfinite(sampling_locations).all(dim=-1, keepdim=True)
+    sampling_locations = torch.where(
+        finite, sampling_locations, sampling_locations.new_tensor(_OUTSIDE)
+    )
+    # grid_sample's grid spans [-1, 1]; with align_corners=False its ends are the map's corners.
+    grids = 2 * sampling_locations - 1  # (N, Lq, M, L, P, 2)
+    sampled = []
+    for lvl, (value_l, (h, w)) in enumerate(zip(value.split(sizes, dim=1), shapes)):
+        # (N, H*W, M, D) -> (N, M, D, H*W) -> (N*M, D, H, W)
+        value_l = value_l.permute(0, 2, 3, 1).reshape(N * M, D, int(h), int(w))
+        # (N, Lq, M, P, 2) -> (N, M, Lq, P, 2) -> (N*M, Lq, P, 2)
+        grid_l = grids[:, :, :, lvl].transpose(1, 2).reshape(N * M, Lq, P, 2)
+        # (N*M, D, Lq, P)
+        sampled.append(
+            F.grid_sample(
+                value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        )
+    # (N*M, D, Lq, L, P)
+    sampled = torch.stack(sampled, dim=-2)
+    # (N, Lq, M, L, P) -> (N, M, Lq, L, P) -> (N*M, 1, Lq, L, P)
+    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L, P)
+    # (N*M, D, Lq) -> (N, M*D, Lq) -> (N, Lq, M*D)
+    out = (sampled * weights).sum(dim=(-2, -1)).view(N, M * D, Lq)
+    return out.transpose(1, 2).contiguous()
