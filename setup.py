@@ -55,11 +55,18 @@ def _want_cuda():
 def make_extension():
     sources = [os.path.join(CSRC, "vision.cpp")]
     sources += sorted(glob.glob(os.path.join(CSRC, "ms_deform_attn", "*.cpp")))
-    cxx_flags = ["-O3", "-fopenmp-simd"]
+    # -fopenmp: at::parallel_for is inline in ATen's headers and runs serially without it.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     with_cuda, why = _want_cuda()
     if not with_cuda:
         print(f"deformable_detr: building the CPU kernels only ({why}).")
-        return CppExtension("deformable_detr._C", sources, extra_compile_args={"cxx": cxx_flags})
+        return CppExtension(
+            "deformable_detr._C",
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
     print(f"deformable_detr: building the CPU and CUDA kernels ({why}).")
     sources += sorted(glob.glob(os.path.join(CSRC, "ms_deform_attn", "*.cu")))
     return CUDAExtension(
@@ -67,6 +74,7 @@ def make_extension():
         sources,
         define_macros=[("WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        extra_link_args=link_flags,
     )
 
 

@@ -44,4 +44,9 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                    const at::Tensor& attention_weights);
 
+// Checks that spatial_shapes has positive rows that cover S and that level_start_index holds the
+// start of each level, so that no kernel reads outside value. Reads the data: CPU tensors only.
+void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                      int64_t S);
+
 }  // namespace deformable_detr

@@ -46,4 +46,21 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   return s;
 }
 
+void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                      int64_t S) {
+  const auto shapes = spatial_shapes.contiguous();
+  const auto starts = level_start_index.contiguous();
+  const int64_t* sh = shapes.const_data_ptr<int64_t>();
+  const int64_t* st = starts.const_data_ptr<int64_t>();
+  int64_t start = 0;
+  for (int64_t l = 0; l < shapes.size(0); ++l) {
+    TORCH_CHECK(sh[2 * l] > 0 && sh[2 * l + 1] > 0, "spatial_shapes row ", l, " = (", sh[2 * l],
+                ", ", sh[2 * l + 1], ") must be positive");
+    TORCH_CHECK(st[l] == start, "level_start_index[", l, "] = ", st[l], " but level ", l,
+                " starts at ", start, " by spatial_shapes");
+    start += sh[2 * l] * sh[2 * l + 1];
+  }
+  TORCH_CHECK(start == S, "spatial_shapes cover ", start, " positions but value has S = ", S);
+}
+
 }  // namespace deformable_detr

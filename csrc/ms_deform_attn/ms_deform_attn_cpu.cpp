@@ -18,7 +18,9 @@
 #include <c10/util/Half.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #define DDETR_ISA generic
@@ -75,42 +77,123 @@ Isa cpu_isa() {
   return isa;
 }
 
+// The kernel of the CPU's instruction set.
+template <typename scalar_t, typename acc_t, int kD>
+void forward_rows_isa(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                      const scalar_t* loc, const scalar_t* attn, scalar_t* out, const Sizes& s,
+                      int64_t begin, int64_t end, const scalar_t* zeros, acc_t* scratch) {
+  switch (cpu_isa()) {
+#ifdef DDETR_X86_CLONES
+    case Isa::kAvx512:
+      return avx512::forward_rows<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
+                                                       begin, end, zeros, scratch);
+    case Isa::kAvx2:
+      return avx2::forward_rows<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
+                                                     begin, end, zeros, scratch);
+#endif
+    default:
+      return generic::forward_rows<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
+                                                        begin, end, zeros, scratch);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int kD>
+void backward_task_isa(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                       const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
+                       acc_t* grad_nm, int64_t grad_stride, scalar_t* grad_loc,
+                       scalar_t* grad_attn, const Sizes& s, int64_t n, int64_t m,
+                       const scalar_t* zeros, acc_t* scratch) {
+  switch (cpu_isa()) {
+#ifdef DDETR_X86_CLONES
+    case Isa::kAvx512:
+      return avx512::backward_task<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn,
+                                                        grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+    case Isa::kAvx2:
+      return avx2::backward_task<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+#endif
+    default:
+      return generic::backward_task<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn,
+                                                         grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+  }
+}
+
+// The kernel with D fixed at compile time for the common head dims, so that accumulators stay in
+// registers; any other D runs the general loop.
 template <typename scalar_t, typename acc_t>
 void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                   const scalar_t* loc, const scalar_t* attn, scalar_t* out, const Sizes& s,
-                  int64_t begin, int64_t end, acc_t* acc) {
-#ifdef DDETR_X86_CLONES
-  switch (cpu_isa()) {
-    case Isa::kAvx512:
-      return avx512::forward_rows(value, shapes, starts, loc, attn, out, s, begin, end, acc);
-    case Isa::kAvx2:
-      return avx2::forward_rows(value, shapes, starts, loc, attn, out, s, begin, end, acc);
-    case Isa::kGeneric:
-      break;
+                  int64_t begin, int64_t end, const scalar_t* zeros, acc_t* scratch) {
+  switch (s.D) {
+    case 32:
+      return forward_rows_isa<scalar_t, acc_t, 32>(value, shapes, starts, loc, attn, out, s,
+                                                   begin, end, zeros, scratch);
+    case 64:
+      return forward_rows_isa<scalar_t, acc_t, 64>(value, shapes, starts, loc, attn, out, s,
+                                                   begin, end, zeros, scratch);
+    default:
+      return forward_rows_isa<scalar_t, acc_t, 0>(value, shapes, starts, loc, attn, out, s,
+                                                  begin, end, zeros, scratch);
   }
-#endif
-  generic::forward_rows(value, shapes, starts, loc, attn, out, s, begin, end, acc);
 }
 
 template <typename scalar_t, typename acc_t>
 void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                    const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
-                   acc_t* grad_value, scalar_t* grad_loc, scalar_t* grad_attn, const Sizes& s,
-                   int64_t n, int64_t m, int64_t l) {
-#ifdef DDETR_X86_CLONES
-  switch (cpu_isa()) {
-    case Isa::kAvx512:
-      return avx512::backward_task(value, shapes, starts, loc, attn, grad_out, grad_value,
-                                   grad_loc, grad_attn, s, n, m, l);
-    case Isa::kAvx2:
-      return avx2::backward_task(value, shapes, starts, loc, attn, grad_out, grad_value,
-                                 grad_loc, grad_attn, s, n, m, l);
-    case Isa::kGeneric:
-      break;
+                   acc_t* grad_nm, int64_t grad_stride, scalar_t* grad_loc, scalar_t* grad_attn,
+                   const Sizes& s, int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
+  switch (s.D) {
+    case 32:
+      return backward_task_isa<scalar_t, acc_t, 32>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+    case 64:
+      return backward_task_isa<scalar_t, acc_t, 64>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+    default:
+      return backward_task_isa<scalar_t, acc_t, 0>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
   }
-#endif
-  generic::backward_task(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
-                         grad_attn, s, n, m, l);
+}
+
+// Backward over all (n, m) tasks; each owns disjoint outputs (see backward_task).
+// float16/bfloat16: each task sums its grad_value rows in a float32 buffer of its own (S * D,
+// dense) and rounds them once at the end, so the extra memory is S * D floats per thread rather
+// than a float32 copy of grad_value; float32/float64 sum in place.
+template <typename scalar_t>
+void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                  const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out,
+                  at::Tensor& grad_value, at::Tensor& grad_loc, at::Tensor& grad_attn,
+                  const Sizes& s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool in_place = std::is_same_v<acc_t, scalar_t>;
+  const scalar_t* v = value.const_data_ptr<scalar_t>();
+  const int64_t* sh = shapes.const_data_ptr<int64_t>();
+  const int64_t* st = starts.const_data_ptr<int64_t>();
+  const scalar_t* lp = loc.const_data_ptr<scalar_t>();
+  const scalar_t* ap = attn.const_data_ptr<scalar_t>();
+  const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
+  scalar_t* gvp = grad_value.mutable_data_ptr<scalar_t>();
+  scalar_t* glp = grad_loc.mutable_data_ptr<scalar_t>();
+  scalar_t* gap = grad_attn.mutable_data_ptr<scalar_t>();
+  const std::vector<scalar_t> zeros(s.D, scalar_t(0));
+  const int64_t pixel_stride = s.M * s.D;
+  at::parallel_for(0, s.N * s.M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(2 * s.D);
+    std::vector<acc_t> buffer(in_place ? 0 : s.S * s.D);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / s.M, m = t % s.M;
+      scalar_t* grad_nm = gvp + (n * s.S * s.M + m) * s.D;
+      if constexpr (in_place) {
+        backward_task<scalar_t, acc_t>(v, sh, st, lp, ap, gop, grad_nm, pixel_stride, glp, gap, s,
+                                       n, m, zeros.data(), scratch.data());
+      } else {
+        std::fill(buffer.begin(), buffer.end(), acc_t(0));
+        backward_task<scalar_t, acc_t>(v, sh, st, lp, ap, gop, buffer.data(), s.D, glp, gap, s, n,
+                                       m, zeros.data(), scratch.data());
+        for (int64_t j = 0; j < s.S; ++j) {
+          for (int64_t d = 0; d < s.D; ++d) {
+            grad_nm[j * pixel_stride + d] = static_cast<scalar_t>(buffer[j * s.D + d]);
+          }
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -119,6 +202,7 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in, const at::Tens
                                       const at::Tensor& starts_in, const at::Tensor& loc_in,
                                       const at::Tensor& attn_in) {
   const Sizes s = check_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
+  check_levels_cpu(shapes_in, starts_in, s.S);
   const auto value = value_in.contiguous();
   const auto shapes = shapes_in.contiguous();
   const auto starts = starts_in.contiguous();
@@ -136,9 +220,11 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in, const at::Tens
         const scalar_t* ap = attn.const_data_ptr<scalar_t>();
         scalar_t* op = out.mutable_data_ptr<scalar_t>();
         // One output row (n, q) is ~M * L * P * 4 * D multiply-adds; 16 rows amortise a task.
+        const std::vector<scalar_t> zeros(s.D, scalar_t(0));
         at::parallel_for(0, s.N * s.Lq, 16, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> acc(s.D);
-          forward_rows<scalar_t, acc_t>(v, sh, st, lp, ap, op, s, begin, end, acc.data());
+          std::vector<acc_t> scratch(s.D);
+          forward_rows<scalar_t, acc_t>(v, sh, st, lp, ap, op, s, begin, end, zeros.data(),
+                                        scratch.data());
         });
       });
   return out;
@@ -152,6 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
                   grad_out_in.size(2) == s.M * s.D,
               "grad_output must be (N, Lq, M * D) = (", s.N, ", ", s.Lq, ", ", s.M * s.D,
               "), got ", grad_out_in.sizes());
+  check_levels_cpu(shapes_in, starts_in, s.S);
   const auto value = value_in.contiguous();
   const auto shapes = shapes_in.contiguous();
   const auto starts = starts_in.contiguous();
@@ -160,34 +247,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const auto grad_out = grad_out_in.to(value.scalar_type()).contiguous();
   auto grad_loc = at::zeros_like(loc);
   auto grad_attn = at::zeros_like(attn);
-  // Reduced-precision grad_value is summed in float32 and rounded once at the end.
-  const auto acc_type = at::toOpMathType(value.scalar_type());
-  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_type));
-  if (s.N * s.Lq * s.M * s.L * s.P > 0 && s.D > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-          using acc_t = at::opmath_type<scalar_t>;
-          const scalar_t* v = value.const_data_ptr<scalar_t>();
-          const int64_t* sh = shapes.const_data_ptr<int64_t>();
-          const int64_t* st = starts.const_data_ptr<int64_t>();
-          const scalar_t* lp = loc.const_data_ptr<scalar_t>();
-          const scalar_t* ap = attn.const_data_ptr<scalar_t>();
-          const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
-          acc_t* gvp = grad_value_acc.mutable_data_ptr<acc_t>();
-          scalar_t* glp = grad_loc.mutable_data_ptr<scalar_t>();
-          scalar_t* gap = grad_attn.mutable_data_ptr<scalar_t>();
-          // Tasks are (n, m, l) triples; each owns disjoint outputs (see backward_task).
-          at::parallel_for(0, s.N * s.M * s.L, 1, [&](int64_t begin, int64_t end) {
-            for (int64_t t = begin; t < end; ++t) {
-              const int64_t n = t / (s.M * s.L), m = (t / s.L) % s.M, l = t % s.L;
-              backward_task<scalar_t, acc_t>(v, sh, st, lp, ap, gop, gvp, glp, gap, s, n, m, l);
-            }
-          });
-        });
-  }
-  auto grad_value = grad_value_acc.scalar_type() == value.scalar_type()
-                        ? grad_value_acc
-                        : grad_value_acc.to(value.scalar_type());
+  auto grad_value = at::zeros_like(value);
+  if (s.N * s.Lq * s.M * s.L * s.P == 0 || s.D == 0) return {grad_value, grad_loc, grad_attn};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+        backward_cpu<scalar_t>(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
+                               grad_attn, s);
+      });
   return {grad_value, grad_loc, grad_attn};
 }
 

@@ -1,8 +1,12 @@
 // CPU kernels of multi-scale deformable attention, written once and compiled once per instruction
 // set: ms_deform_attn_cpu.cpp includes this file several times, each time inside a
 // `#pragma GCC target` region and with DDETR_ISA naming the namespace. No include guard on purpose.
-// The loops over the head dim D are plain loops (omp simd for the reductions) that the compiler
-// vectorises for each target.
+//
+// The loops over the head dim D are plain loops that the compiler vectorises for each target.
+// kD > 0 fixes D at compile time (the common head dims), so that accumulators and grad_output
+// live in registers; kD == 0 reads D from the sizes and works in the caller's scratch.
+// A corner outside the map reads a row of zeros and writes to a sink row, so the inner loops have
+// no branches.
 //
 // Shapes: value (N, S, M, D); locations (N, Lq, M, L, P, 2); weights (N, Lq, M, L, P);
 // output (N, Lq, M * D). All pointers are to contiguous memory.
@@ -11,19 +15,21 @@ namespace deformable_detr {
 namespace DDETR_ISA {
 
 // Forward for output rows [row_begin, row_end) of the N * Lq rows, all heads.
-// acc: scratch of D floats (acc_t) owned by the calling thread.
-template <typename scalar_t, typename acc_t>
+// zeros: D zeros. scratch: D values of acc_t owned by the calling thread (used when kD == 0).
+template <typename scalar_t, typename acc_t, int kD>
 void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                   const scalar_t* loc, const scalar_t* attn, scalar_t* out, const Sizes& s,
-                  int64_t row_begin, int64_t row_end, acc_t* acc) {
-  const int64_t D = s.D;
+                  int64_t row_begin, int64_t row_end, const scalar_t* zeros, acc_t* scratch) {
+  const int64_t D = kD > 0 ? kD : s.D;
+  const int64_t pixel_stride = s.M * D;  // from one pixel's row of a head to the next pixel's
+  acc_t registers[kD > 0 ? kD : 1];
+  acc_t* acc = kD > 0 ? registers : scratch;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / s.Lq;
     for (int64_t m = 0; m < s.M; ++m) {
       for (int64_t d = 0; d < D; ++d) acc[d] = acc_t(0);
       for (int64_t l = 0; l < s.L; ++l) {
         const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-        // value rows of (n, level l, head m); pixel i starts at base + i * M * D.
         const scalar_t* base = value + ((n * s.S + starts[l]) * s.M + m) * D;
         for (int64_t p = 0; p < s.P; ++p) {
           const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
@@ -33,12 +39,16 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
             continue;
           }
           const acc_t a = static_cast<acc_t>(attn[i]);
+          const scalar_t* v[4];
+          acc_t w[4];
           for (int k = 0; k < 4; ++k) {
-            if (!c.valid[k]) continue;
-            const scalar_t* v = base + c.offset[k] * s.M * D;
-            const acc_t wk = a * c.weight[k];
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) acc[d] += wk * static_cast<acc_t>(v[d]);
+            v[k] = c.valid[k] ? base + c.offset[k] * pixel_stride : zeros;
+            w[k] = a * c.weight[k];
+          }
+          // One add into acc per sample keeps the dependency chain short.
+          for (int64_t d = 0; d < D; ++d) {
+            acc[d] += w[0] * static_cast<acc_t>(v[0][d]) + w[1] * static_cast<acc_t>(v[1][d]) +
+                      w[2] * static_cast<acc_t>(v[2][d]) + w[3] * static_cast<acc_t>(v[3][d]);
           }
         }
       }
@@ -48,52 +58,59 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
   }
 }
 
-// Backward for one (n, m, l): everything it writes belongs to it alone (grad_value rows of level l
-// and head m in image n; the gradients of its own samples), so tasks never race, and the sum into
-// each grad_value element runs over queries and points in a fixed order: the result is bitwise
-// the same for any number of threads.
-// grad_value: accumulator in acc_t (N, S, M, D); grad_loc, grad_attn zero-initialised.
-template <typename scalar_t, typename acc_t>
+// Backward for one (n, m): everything it writes belongs to it alone (the grad_value rows of head m
+// in image n; the gradients of its own samples), so tasks never race, and the sum into each
+// grad_value element runs over queries, levels and points in a fixed order: the result is bitwise
+// the same for any number of threads. Its reads of locations, weights and grad_output are
+// contiguous runs of (L * P * 2), (L * P) and D values per query.
+// grad_nm: the zeroed acc_t accumulator of grad_value for (n, m): pixel j's D values start at
+// grad_nm + j * grad_stride. grad_loc and grad_attn are zero-initialised.
+// zeros: D zeros. scratch: 2 * D values of acc_t owned by the calling thread: a sink row for
+// corners outside the map, then (kD == 0) grad_output.
+template <typename scalar_t, typename acc_t, int kD>
 void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                    const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
-                   acc_t* grad_value, scalar_t* grad_loc, scalar_t* grad_attn, const Sizes& s,
-                   int64_t n, int64_t m, int64_t l) {
-  const int64_t D = s.D;
-  const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-  const int64_t value_offset = ((n * s.S + starts[l]) * s.M + m) * D;
-  const scalar_t* base = value + value_offset;
-  acc_t* grad_base = grad_value + value_offset;
+                   acc_t* grad_nm, int64_t grad_stride, scalar_t* grad_loc, scalar_t* grad_attn,
+                   const Sizes& s, int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
+  const int64_t D = kD > 0 ? kD : s.D;
+  const int64_t pixel_stride = s.M * D;  // from one pixel's row of a head to the next pixel's
+  const scalar_t* value_nm = value + (n * s.S * s.M + m) * D;
+  acc_t* sink = scratch;
+  acc_t registers[kD > 0 ? kD : 1];
+  acc_t* go = kD > 0 ? registers : scratch + D;  // grad_output of (n, q, m) in acc_t
   for (int64_t q = 0; q < s.Lq; ++q) {
     const int64_t row = n * s.Lq + q;
-    const scalar_t* go = grad_out + (row * s.M + m) * D;
-    for (int64_t p = 0; p < s.P; ++p) {
-      const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
-      BilinearCorners<acc_t> c;
-      if (!bilinear_corners<acc_t>(static_cast<acc_t>(loc[2 * i]),
-                                   static_cast<acc_t>(loc[2 * i + 1]), H, W, c)) {
-        continue;
-      }
-      const acc_t a = static_cast<acc_t>(attn[i]);
-      acc_t g[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-      for (int k = 0; k < 4; ++k) {
-        if (!c.valid[k]) continue;
-        const scalar_t* v = base + c.offset[k] * s.M * D;
-        acc_t* gv = grad_base + c.offset[k] * s.M * D;
-        const acc_t wk = a * c.weight[k];
-        acc_t dot = acc_t(0);
-#pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < D; ++d) {
-          const acc_t god = static_cast<acc_t>(go[d]);
-          dot += god * static_cast<acc_t>(v[d]);
-          gv[d] += wk * god;
+    const scalar_t* go_row = grad_out + (row * s.M + m) * D;
+    for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(go_row[d]);
+    for (int64_t l = 0; l < s.L; ++l) {
+      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+      for (int64_t p = 0; p < s.P; ++p) {
+        const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
+        BilinearCorners<acc_t> c;
+        if (!bilinear_corners<acc_t>(static_cast<acc_t>(loc[2 * i]),
+                                     static_cast<acc_t>(loc[2 * i + 1]), H, W, c)) {
+          continue;
         }
-        g[k] = dot;
+        const acc_t a = static_cast<acc_t>(attn[i]);
+        acc_t g[4];
+        for (int k = 0; k < 4; ++k) {
+          const int64_t pixel = starts[l] + c.offset[k];
+          const scalar_t* v = c.valid[k] ? value_nm + pixel * pixel_stride : zeros;
+          acc_t* gv = c.valid[k] ? grad_nm + pixel * grad_stride : sink;
+          const acc_t wk = a * c.weight[k];
+          acc_t dot = acc_t(0);
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < D; ++d) dot += go[d] * static_cast<acc_t>(v[d]);
+          g[k] = dot;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) gv[d] += wk * go[d];
+        }
+        acc_t ga, gx, gy;
+        bilinear_backward<acc_t>(c, g, a, H, W, &ga, &gx, &gy);
+        grad_attn[i] = static_cast<scalar_t>(ga);
+        grad_loc[2 * i] = static_cast<scalar_t>(gx);
+        grad_loc[2 * i + 1] = static_cast<scalar_t>(gy);
       }
-      acc_t ga, gx, gy;
-      bilinear_backward<acc_t>(c, g, a, H, W, &ga, &gx, &gy);
-      grad_attn[i] = static_cast<scalar_t>(ga);
-      grad_loc[2 * i] = static_cast<scalar_t>(gx);
-      grad_loc[2 * i + 1] = static_cast<scalar_t>(gy);
     }
   }
 }

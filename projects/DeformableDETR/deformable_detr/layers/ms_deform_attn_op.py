@@ -115,7 +115,8 @@ def ms_deform_attn(
     Lq = sampling_locations.shape[1]
     if N == 0 or Lq == 0:
         # Keeps the graph connected, so that backward gives zero gradients.
-        return value.new_zeros((N, Lq, M * D)) + 0 * value.sum() + 0 * attention_weights.sum()
+        zero = 0 * (value.sum() + sampling_locations.sum() + attention_weights.sum())
+        return value.new_zeros((N, Lq, M * D)) + zero
     if kernel_available(value.device, dtype):
         return torch.ops.deformable_detr.ms_deform_attn(
             value, spatial_shapes.long(), level_start_index.long(), sampling_locations,

@@ -37,7 +37,15 @@ def ms_deform_attn_pytorch(
 
     Returns:
         (N, Lq, M * D): for each query and head, the weighted sum of the sampled values.
+        float16 and bfloat16 inputs are computed in float32 and the result rounded back, as the
+        kernels do. (This also avoids grid_sample's bfloat16 CPU kernel in torch 2.14, which
+        returned NaN or crashed, reading out of bounds, on the benchmark's encoder inputs.)
     """
+    if value.dtype in (torch.float16, torch.bfloat16):
+        out = ms_deform_attn_pytorch(
+            value.float(), spatial_shapes, sampling_locations.float(), attention_weights.float()
+        )
+        return out.to(value.dtype)
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else list(spatial_shapes)
