@@ -1,6 +1,7 @@
 // CUDA kernels of multi-scale deformable attention. The sampling math is the one the CPU kernels
 // use (ms_deform_attn_sampling.h). Any batch size: indices are 64-bit and the loops grid-stride.
-// Inputs of float16/bfloat16 are accumulated in float32 (at::opmath_type).
+// Inputs of float16/bfloat16 are accumulated in float32 (at::opmath_type). Only c10's CUDA headers
+// are included: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers that minimal toolkits lack.
 //
 // Shapes: value (N, S, M, D); sampling_locations (N, Lq, M, L, P, 2);
 // attention_weights (N, Lq, M, L, P); output (N, Lq, M * D).
@@ -9,11 +10,12 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 
@@ -132,7 +134,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
   const auto attn = attn_in.contiguous();
   auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (out.numel() == 0) return out;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -165,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_type));
   const int64_t samples = s.N * s.Lq * s.M * s.L * s.P;
   if (samples > 0 && s.D > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;

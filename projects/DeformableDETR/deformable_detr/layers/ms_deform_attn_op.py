@@ -36,12 +36,20 @@ def extension_available() -> bool:
     return _EXTENSION_ERROR is None
 
 
+def _kernel_device_types():
+    if not extension_available():
+        return frozenset()
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    return frozenset(t for t in ("cpu", "cuda") if has_kernel(_OP_NAME, t.upper()))
+
+
+# Read once, so that torch.compile traces kernel_available as constants.
+_KERNEL_DEVICE_TYPES = _kernel_device_types()
+
+
 def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a compiled kernel exists for tensors of this device and dtype."""
-    if not extension_available() or dtype not in _KERNEL_DTYPES:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, key)
+    return torch.device(device).type in _KERNEL_DEVICE_TYPES and dtype in _KERNEL_DTYPES
 
 
 def _warn_once(reason: str):
