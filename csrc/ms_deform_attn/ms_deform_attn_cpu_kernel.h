@@ -58,6 +58,18 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
   }
 }
 
+// How many queries ahead the backward prefetches its inputs.
+constexpr int64_t kPrefetchQueries = 8;
+
+// Asks for the cache lines of count values starting at p.
+template <typename T>
+inline void prefetch(const T* p, int64_t count) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t offset = 0; offset < count * static_cast<int64_t>(sizeof(T)); offset += 64) {
+    __builtin_prefetch(bytes + offset);
+  }
+}
+
 // Backward for one (n, m): everything it writes belongs to it alone (the grad_value rows of head m
 // in image n; the gradients of its own samples), so tasks never race, and the sum into each
 // grad_value element runs over queries, levels and points in a fixed order: the result is bitwise
@@ -80,6 +92,15 @@ void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* 
   acc_t* go = kD > 0 ? registers : scratch + D;  // grad_output of (n, q, m) in acc_t
   for (int64_t q = 0; q < s.Lq; ++q) {
     const int64_t row = n * s.Lq + q;
+    if (q + kPrefetchQueries < s.Lq) {
+      // This head's runs are a small part of each query's rows: the hardware prefetcher, which
+      // stops at page boundaries, misses them.
+      const int64_t ahead = row + kPrefetchQueries;
+      const int64_t first = sample_index(ahead, m, 0, 0, s.M, s.L, s.P);
+      prefetch(loc + 2 * first, 2 * s.L * s.P);
+      prefetch(attn + first, s.L * s.P);
+      prefetch(grad_out + (ahead * s.M + m) * D, D);
+    }
     const scalar_t* go_row = grad_out + (row * s.M + m) * D;
     for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(go_row[d]);
     for (int64_t l = 0; l < s.L; ++l) {
