@@ -1,0 +1,72 @@
+"""Config keys of Deformable DETR, under cfg.MODEL.DEFORMABLE_DETR.
+
+Defaults are the released multi-scale model's (../shared/reference/official-facts.md). The
+backbone, input format and pixel statistics live in Detectron2's own keys and are set by
+configs/Base-DeformableDETR.yaml.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_deformable_detr_config"]
+
+
+def add_deformable_detr_config(cfg):
+    """Adds the keys of this project to a Detectron2 config, in place."""
+    cfg.MODEL.DEFORMABLE_DETR = CN()
+    c = cfg.MODEL.DEFORMABLE_DETR
+    # Number of object classes (COCO: 80). The class head has this many sigmoid outputs.
+    c.NUM_CLASSES = 80
+    # Number of object queries of the decoder (one-stage), i.e. detections before top-k.
+    c.NUM_QUERIES = 300
+    # Width of the transformer (d_model); every feature level is projected to it.
+    c.HIDDEN_DIM = 256
+    # Attention heads in every attention layer (M); must divide HIDDEN_DIM.
+    c.NHEADS = 8
+    # Number of encoder layers.
+    c.ENC_LAYERS = 6
+    # Number of decoder layers; there is one prediction head (and loss) per decoder layer.
+    c.DEC_LAYERS = 6
+    # Hidden width of the feed-forward network of every transformer layer.
+    c.DIM_FEEDFORWARD = 1024
+    # Dropout in every transformer layer.
+    c.DROPOUT = 0.1
+    # Activation of the feed-forward networks: "relu", "gelu" or "glu".
+    c.ACTIVATION = "relu"
+    # Backbone outputs the neck projects, from high to low resolution (multi-scale: C3-C5).
+    c.IN_FEATURES = ["res3", "res4", "res5"]
+    # Feature levels the transformer sees (L). Levels beyond IN_FEATURES are added by the neck as
+    # stride-2 3x3 convolutions, the first on the last IN_FEATURES map.
+    c.NUM_FEATURE_LEVELS = 4
+    # Sampling points per head and level in the encoder's and the decoder's deformable attention.
+    c.ENC_N_POINTS = 4
+    c.DEC_N_POINTS = 4
+    # Name of the neck in NECK_REGISTRY.
+    c.NECK_NAME = "DeformableDETRNeck"
+    # Name of the transformer in TRANSFORMER_REGISTRY.
+    c.TRANSFORMER_NAME = "DeformableTransformer"
+    # Iterative box refinement: each decoder layer refines the previous layer's boxes, with its
+    # own heads.
+    c.WITH_BOX_REFINE = False
+    # Two-stage: the encoder proposes boxes (one per pixel, top-k kept) that become the decoder's
+    # queries. Released only together with WITH_BOX_REFINE.
+    c.TWO_STAGE = False
+    # Number of encoder proposals kept in two-stage mode (the released model keeps NUM_QUERIES).
+    c.TWO_STAGE_NUM_PROPOSALS = 300
+    # Losses on every decoder layer's predictions, not only the last.
+    c.AUX_LOSS = True
+    # Losses computed by the set criterion, by name: "labels" (sigmoid focal), "boxes" (L1 and
+    # GIoU).
+    c.LOSSES = ["labels", "boxes"]
+    # Weights of the loss terms.
+    c.CLASS_LOSS_COEF = 2.0
+    c.BBOX_LOSS_COEF = 5.0
+    c.GIOU_LOSS_COEF = 2.0
+    # Sigmoid focal loss parameters, in the loss and in the matching cost.
+    c.FOCAL_ALPHA = 0.25
+    c.FOCAL_GAMMA = 2.0
+    # Weights of the Hungarian matching costs: focal class cost, L1 box cost, negative GIoU.
+    c.SET_COST_CLASS = 2.0
+    c.SET_COST_BBOX = 5.0
+    c.SET_COST_GIOU = 2.0
+    # Sine position encoding: temperature and the normalisation scale (2 pi in the release).
+    c.POSITION_TEMPERATURE = 10000
+    c.POSITION_SCALE = 6.283185307179586
