@@ -100,3 +100,15 @@ def test_inference_outputs_are_well_formed(name):
         assert torch.all((inst.scores >= 0) & (inst.scores <= 1))
         assert torch.all((inst.pred_classes >= 0) & (inst.pred_classes < 80))
         assert torch.all(inst.scores[:-1] >= inst.scores[1:])  # ranked
+
+
+def test_dilated_res5_follows_torchvision():
+    """DC5: torchvision (and so the released model) keeps the first res5 block undilated."""
+    import torchvision
+
+    tv = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, True])
+    ours = build("ddetr_r50_single_scale_dc5.yaml").backbone
+    tv_convs = [(b.conv2.stride, b.conv2.dilation, b.conv2.padding) for b in tv.layer4]
+    our_convs = [(b.conv2.stride, b.conv2.dilation, b.conv2.padding) for b in ours.res5]
+    assert our_convs == tv_convs == [((1, 1), (1, 1), (1, 1))] + [((1, 1), (2, 2), (2, 2))] * 2
+    assert ours.output_shape()["res5"].stride == 16
