@@ -1,0 +1,216 @@
+"""The released Deformable DETR checkpoints (fundamentalvision/Deformable-DETR): their five
+variants, how to tell them apart, and the exact layout (names and shapes) of their state dicts as
+the authors' code builds them.
+
+Shapes: C = 256 model width, F = 1024 FFN width, M = 8 heads, P = 4 sampling points, L feature
+levels (1 or 4), Q = 300 queries, K = 91 class rows (row i = COCO category id i; row 0 and the
+ten unused ids are never trained), D = 6 decoder layers, E = 6 encoder layers.
+
+Names: backbone.0.body.* is torchvision's ResNet-50 body (frozen BN: weight, bias, running_mean,
+running_var); input_proj.{l}.{0: conv, 1: GroupNorm}; transformer.*; query_embed (not two-stage);
+class_embed.{i} / bbox_embed.{i}.layers.{0,1,2}, i < D (+1 two-stage: the proposal head).
+Shared heads (no box refinement) are stored as equal copies under every index; with box
+refinement transformer.decoder.bbox_embed.* and with two-stage transformer.decoder.class_embed.*
+repeat the heads (the same modules, registered twice).
+"""
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .files import Layout
+from .torchvision_resnet import torchvision_resnet_layout
+
+__all__ = [
+    "ALIAS_PREFIXES",
+    "BACKBONE_PREFIX",
+    "CLASS_ROWS",
+    "DEC_LAYERS",
+    "RELEASED_VARIANTS",
+    "Variant",
+    "detect_variant",
+    "released_layout",
+]
+
+C, F, M, P, Q, CLASS_ROWS, DEC_LAYERS, ENC_LAYERS = 256, 1024, 8, 4, 300, 91, 6, 6
+BACKBONE_PREFIX = "backbone.0.body."
+ALIAS_PREFIXES = ("transformer.decoder.class_embed.", "transformer.decoder.bbox_embed.")
+_BACKBONE_CHANNELS = {1: (2048,), 4: (512, 1024, 2048)}  # C5 only, or C3-C5
+_FIELDS = ("num_feature_levels", "dilation", "with_box_refine", "two_stage")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A released model: its name, this project's config, and the authors' args that define it."""
+    name: str
+    config: str  # file name in configs/
+    num_feature_levels: int
+    dilation: bool  # DC5
+    with_box_refine: bool
+    two_stage: bool
+    box_ap: float  # released COCO val box AP
+
+    @property
+    def num_heads(self) -> int:
+        """Class (and box) heads: one per decoder layer, plus the proposal head in two-stage."""
+        return DEC_LAYERS + (1 if self.two_stage else 0)
+
+
+RELEASED_VARIANTS = (
+    Variant("single_scale", "ddetr_r50_single_scale.yaml", 1, False, False, False, 39.4),
+    Variant("single_scale_dc5", "ddetr_r50_single_scale_dc5.yaml", 1, True, False, False, 41.5),
+    Variant("multi_scale", "ddetr_r50.yaml", 4, False, False, False, 44.5),
+    Variant("box_refine", "ddetr_r50_box_refine.yaml", 4, False, True, False, 46.2),
+    Variant("two_stage", "ddetr_r50_two_stage.yaml", 4, False, True, True, 46.9),
+)
+_BY_NAME = {v.name: v for v in RELEASED_VARIANTS}
+
+
+def _linear(prefix: str, fan_in: int, fan_out: int) -> Layout:
+    return {f"{prefix}.weight": (fan_out, fan_in), f"{prefix}.bias": (fan_out,)}
+
+
+def _norm(prefix: str, channels: int) -> Layout:
+    return {f"{prefix}.weight": (channels,), f"{prefix}.bias": (channels,)}
+
+
+def _deform_attn(prefix: str, levels: int) -> Layout:
+    return {**_linear(f"{prefix}.sampling_offsets", C, M * levels * P * 2),
+            **_linear(f"{prefix}.attention_weights", C, M * levels * P),
+            **_linear(f"{prefix}.value_proj", C, C),
+            **_linear(f"{prefix}.output_proj", C, C)}
+
+
+def _ffn(prefix: str) -> Layout:
+    return {**_linear(f"{prefix}.linear1", C, F), **_linear(f"{prefix}.linear2", F, C)}
+
+
+def _encoder_layer(prefix: str, levels: int) -> Layout:
+    return {**_deform_attn(f"{prefix}.self_attn", levels), **_norm(f"{prefix}.norm1", C),
+            **_ffn(prefix), **_norm(f"{prefix}.norm2", C)}
+
+
+def _decoder_layer(prefix: str, levels: int) -> Layout:
+    # self_attn is torch.nn.MultiheadAttention: packed q, k, v input projection
+    return {**_deform_attn(f"{prefix}.cross_attn", levels), **_norm(f"{prefix}.norm1", C),
+            f"{prefix}.self_attn.in_proj_weight": (3 * C, C),
+            f"{prefix}.self_attn.in_proj_bias": (3 * C,),
+            **_linear(f"{prefix}.self_attn.out_proj", C, C), **_norm(f"{prefix}.norm2", C),
+            **_ffn(prefix), **_norm(f"{prefix}.norm3", C)}
+
+
+def _input_proj(levels: int) -> Layout:
+    layout, channels = {}, _BACKBONE_CHANNELS[levels]
+    for level, in_channels in enumerate(channels):
+        layout[f"input_proj.{level}.0.weight"] = (C, in_channels, 1, 1)
+        layout[f"input_proj.{level}.0.bias"] = (C,)
+        layout.update(_norm(f"input_proj.{level}.1", C))
+    in_channels = channels[-1]
+    for level in range(len(channels), levels):  # extra levels: stride-2 3x3 convolutions
+        layout[f"input_proj.{level}.0.weight"] = (C, in_channels, 3, 3)
+        layout[f"input_proj.{level}.0.bias"] = (C,)
+        layout.update(_norm(f"input_proj.{level}.1", C))
+        in_channels = C
+    return layout
+
+
+def _heads(prefix: str, count: int, with_class: bool = True, with_box: bool = True) -> Layout:
+    layout = {}
+    for i in range(count):
+        if with_class:
+            layout.update(_linear(f"{prefix}class_embed.{i}", C, CLASS_ROWS))
+        if with_box:
+            for j, (fan_in, fan_out) in enumerate(((C, C), (C, C), (C, 4))):
+                layout.update(_linear(f"{prefix}bbox_embed.{i}.layers.{j}", fan_in, fan_out))
+    return layout
+
+
+def released_layout(variant: Variant) -> Layout:
+    """Every name in the released state dict of `variant`, with its shape."""
+    levels = variant.num_feature_levels
+    layout = {BACKBONE_PREFIX + k: s for k, s in torchvision_resnet_layout(50).items()}
+    layout.update(_input_proj(levels))
+    layout["transformer.level_embed"] = (levels, C)
+    for n in range(ENC_LAYERS):
+        layout.update(_encoder_layer(f"transformer.encoder.layers.{n}", levels))
+    for n in range(DEC_LAYERS):
+        layout.update(_decoder_layer(f"transformer.decoder.layers.{n}", levels))
+    if variant.two_stage:
+        layout.update({**_linear("transformer.enc_output", C, C),
+                       **_norm("transformer.enc_output_norm", C),
+                       **_linear("transformer.pos_trans", 2 * C, 2 * C),
+                       **_norm("transformer.pos_trans_norm", 2 * C)})
+    else:
+        layout.update(_linear("transformer.reference_points", C, 2))
+        layout["query_embed.weight"] = (Q, 2 * C)
+    layout.update(_heads("", variant.num_heads))
+    layout.update(_heads("transformer.decoder.", variant.num_heads,
+                         with_class=variant.two_stage, with_box=variant.with_box_refine))
+    return layout
+
+
+def _arg(args, name: str):
+    if isinstance(args, Mapping):
+        return args.get(name)
+    return getattr(args, name, None)
+
+
+def _from_keys(state_dict: Mapping) -> dict:
+    level_embed = state_dict.get("transformer.level_embed")
+    if getattr(level_embed, "ndim", 0) == 2:
+        levels = level_embed.shape[0]
+    else:
+        levels = len({k.split(".")[1] for k in state_dict
+                      if isinstance(k, str) and k.startswith("input_proj.") and k.count(".") >= 2})
+    if levels == 0:
+        raise ValueError(
+            "not a Deformable DETR state dict: it has neither transformer.level_embed nor "
+            f"input_proj.* (keys start with {[str(k) for k in list(state_dict)[:4]]})")
+    return {
+        "num_feature_levels": levels,
+        "two_stage": "transformer.enc_output.weight" in state_dict,
+        "with_box_refine": any(isinstance(k, str) and k.startswith(ALIAS_PREFIXES[1])
+                               for k in state_dict),
+    }
+
+
+def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None) -> Variant:
+    """The released variant a state dict belongs to.
+
+    The keys tell the number of levels (transformer.level_embed), two-stage
+    (transformer.enc_output) and box refinement (the transformer.decoder.bbox_embed aliases). The
+    authors' args (argparse.Namespace or dict, optional) add `dilation` (DC5), which no key shows,
+    and must agree with the keys. `variant` (a name of RELEASED_VARIANTS) is a choice by the user:
+    it must agree with both and settles DC5 when there are no args. Without args or `variant`,
+    a single-scale state dict is refused as ambiguous; a multi-scale one is taken as undilated
+    (every released multi-scale model is). Raises ValueError naming the disagreement.
+    """
+    found = _from_keys(state_dict)
+    if args is not None:
+        for field in _FIELDS:
+            value = _arg(args, field)
+            if value is None:
+                continue
+            if field in found and found[field] != value:
+                raise ValueError(f"the stored args say {field}={value!r} but the weights say "
+                                 f"{field}={found[field]!r}")
+            found[field] = value
+    if variant is not None:
+        if variant not in _BY_NAME:
+            raise ValueError(f"variant must be one of {list(_BY_NAME)}, got {variant!r}")
+        chosen = _BY_NAME[variant]
+        for field, value in found.items():
+            if getattr(chosen, field) != value:
+                raise ValueError(f"variant {variant!r} has {field}={getattr(chosen, field)!r}, "
+                                 f"but the checkpoint has {field}={value!r}")
+        return chosen
+    if "dilation" not in found:
+        if found["num_feature_levels"] == 1:
+            raise ValueError(
+                "cannot tell single-scale from single-scale DC5: their weights have the same "
+                "names and shapes and the checkpoint stores no args.dilation; pass the variant "
+                "(--variant single_scale or --variant single_scale_dc5)")
+        found["dilation"] = False
+    for candidate in RELEASED_VARIANTS:
+        if all(getattr(candidate, f) == found[f] for f in _FIELDS):
+            return candidate
+    raise ValueError(f"no released variant has {found}; the released ones are "
+                     f"{[v.name for v in RELEASED_VARIANTS]}")
