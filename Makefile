@@ -38,8 +38,15 @@ test-fast: build
 bench: build
 	$(PY) tools/benchmark_ms_deform_attn.py
 
-# Until the training job lands (issue 4), the main job is the op's benchmark on built-in shapes.
-quickstart: bench
+# The main job on the built-in data: trains configs/quickstart.yaml on the CPU, evaluates with
+# COCOEvaluator, draws the first val images' predictions and prints AP and the loss curve.
+QUICKSTART_DIR := output/quickstart
+QUICKSTART_VAL := datasets/ddetr_shapes/ddetr_shapes_val/images
+quickstart: build
+	$(PY) train_net.py --config-file configs/quickstart.yaml OUTPUT_DIR $(QUICKSTART_DIR)
+	$(PY) demo.py --config-file configs/quickstart.yaml --input "$(QUICKSTART_VAL)/0000*.jpg" \
+		--output $(QUICKSTART_DIR)/pictures --opts MODEL.WEIGHTS $(QUICKSTART_DIR)/model_final.pth
+	$(PY) tools/quickstart_summary.py $(QUICKSTART_DIR)
 
 clean:
-	rm -rf build projects/DeformableDETR/deformable_detr/_C*.so
+	rm -rf build projects/DeformableDETR/deformable_detr/_C*.so output

@@ -70,3 +70,23 @@ def add_deformable_detr_config(cfg):
     # Sine position encoding: temperature and the normalisation scale (2 pi in the release).
     c.POSITION_TEMPERATURE = 10000
     c.POSITION_SCALE = 6.283185307179586
+
+    # DETR augmentation (data/augmentation.py): the shortest-edge sizes of the resize before the
+    # random crop (INPUT.CROP), in the half of the samples that are cropped.
+    cfg.INPUT.RESIZE_BEFORE_CROP = [400, 500, 600]
+
+    # Optimizer: "ADAMW" (as released) or "SGD" (Detectron2's default); BASE_LR, WEIGHT_DECAY and
+    # MOMENTUM are Detectron2's keys.
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier of the backbone's parameters (released: 2e-5 over 2e-4).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Learning-rate multiplier of the layers that predict sampling locations (released: 0.1),
+    # matched by these substrings of the parameter names.
+    cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
+    cfg.SOLVER.LINEAR_PROJ_NAMES = ["sampling_offsets", "reference_points"]
+    # Gradient clipping of the whole model's norm (released: max norm 0.1): Detectron2's
+    # CLIP_GRADIENTS keys, with CLIP_TYPE "full_model" added to its "value" and "norm".
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Deformable DETR on images or a video, drawn with Detectron2's Visualizer.
+
+  python demo.py --config-file configs/quickstart.yaml --input 'images/*.jpg' --output out/ \
+      --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+  python demo.py --config-file ... --video-input clip.mp4 --output out/clip.mp4 --opts ...
+
+Class names come from the metadata of the config's first test dataset.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import warnings
+
+# detectron2 0.7 scripts a helper at import time; nothing for a user to act on
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
+                                "DeformableDETR"))
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+
+from deformable_detr import add_deformable_detr_config  # noqa: E402
+from deformable_detr.data import build_detr_augmentation, register_shapes_datasets  # noqa: E402
+from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
+
+logger = logging.getLogger("deformable_detr.demo")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", help="image files or glob patterns")
+    parser.add_argument("--video-input", help="a video file")
+    parser.add_argument("--output", help="a folder for images (or a file for one image / video)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+                        help="minimum score of the detections drawn")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_deformable_detr_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+class Predictor:
+    """Detectron2's DefaultPredictor, loading weights with the checking checkpointer: BGR uint8
+    image (H, W, 3) -> Instances in the image's size."""
+
+    def __init__(self, cfg):
+        self.model = build_model(cfg)
+        self.model.eval()
+        if cfg.MODEL.WEIGHTS:
+            WeightsCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("no MODEL.WEIGHTS given: these are an untrained model's predictions")
+        (self.resize,) = build_detr_augmentation(cfg, is_train=False)
+        self.input_format = cfg.INPUT.FORMAT
+
+    @torch.no_grad()
+    def __call__(self, bgr):
+        image = bgr[:, :, ::-1] if self.input_format == "RGB" else bgr
+        h, w = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"]
+
+
+def draw(predictor, metadata, bgr, threshold):
+    instances = predictor(bgr).to("cpu")
+    instances = instances[instances.scores >= threshold]
+    vis = Visualizer(bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    return vis.draw_instance_predictions(instances).get_image()[:, :, ::-1], len(instances)
+
+
+def image_paths(patterns):
+    paths = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matched:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        paths += matched
+    return paths
+
+
+def run_images(predictor, metadata, args):
+    paths = image_paths(args.input)
+    to_folder = len(paths) > 1 or (args.output and os.path.isdir(args.output))
+    if to_folder and args.output:
+        os.makedirs(args.output, exist_ok=True)
+    for path in paths:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read {path!r} as an image")
+        picture, n = draw(predictor, metadata, bgr, args.confidence_threshold)
+        logger.info(f"{path}: {n} detections")
+        if args.output:
+            out = (os.path.join(args.output, os.path.basename(path)) if to_folder
+                   else args.output)
+            cv2.imwrite(out, picture)
+
+
+def run_video(predictor, metadata, args):
+    video = cv2.VideoCapture(args.video_input)
+    if not video.isOpened():
+        raise ValueError(f"cannot open {args.video_input!r} as a video")
+    fps = video.get(cv2.CAP_PROP_FPS) or 25
+    writer = None
+    frames = 0
+    while True:
+        ok, bgr = video.read()
+        if not ok:
+            break
+        picture, _ = draw(predictor, metadata, bgr, args.confidence_threshold)
+        if args.output:
+            if writer is None:
+                h, w = picture.shape[:2]
+                writer = cv2.VideoWriter(args.output, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(picture)
+        frames += 1
+    video.release()
+    if writer is not None:
+        writer.release()
+    logger.info(f"{args.video_input}: {frames} frames")
+
+
+def main(argv=None):
+    setup_logger(name="deformable_detr")
+    setup_logger(name="fvcore")
+    args = get_parser().parse_args(argv)
+    if bool(args.input) == bool(args.video_input):
+        raise SystemExit("give exactly one of --input and --video-input")
+    cfg = setup_cfg(args)
+    if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0].startswith("ddetr_shapes"):
+        register_shapes_datasets()
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    predictor = Predictor(cfg)
+    if args.input:
+        run_images(predictor, metadata, args)
+    else:
+        run_video(predictor, metadata, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Training and evaluation on Detectron2's DefaultTrainer: this project's optimizer, data mapper
+and COCO evaluation, DistributedDataParallel that also works for a model on the CPU (gloo), and
+a checkpointer that refuses weights matching nothing in the model."""
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from .data import DetrDatasetMapper
+from .solver import build_optimizer
+
+__all__ = ["Trainer", "WeightsCheckpointer", "create_ddp_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
+    """DistributedDataParallel when there are several processes. A model on the CPU gets no
+    device_ids (Detectron2's create_ddp_model passes the local rank, which DDP rejects there)."""
+    if comm.get_world_size() == 1:
+        return model
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_gpu else None,
+                                   broadcast_buffers=False)
+
+
+class WeightsCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that raises when a weights file shares no parameter with the model
+    (the wrong file, or a checkpoint that needs conversion); partial matches load with
+    Detectron2's warnings, as when fine-tuning with another number of classes."""
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        # fvcore never reports BatchNorm's step counters as missing
+        expected = {k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")}
+        wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}
+        if expected and not expected - set(incompatible.missing_keys) - wrong_shape:
+            raise ValueError(
+                f"the weights file matches none of the model's {len(expected)} parameters and "
+                f"buffers (it has {sorted(incompatible.unexpected_keys)[:5]}...); released "
+                f"Deformable DETR checkpoints need tools/convert_official_checkpoint.py first")
+        return incompatible
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with this project's optimizer, mapper, evaluator and DDP."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, except for the DDP wrapper (see create_ddp_model).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model)
+        trainer_type = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_type(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = WeightsCheckpointer(model, cfg.OUTPUT_DIR,
+                                                trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=DetrDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=DetrDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
