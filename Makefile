@@ -45,7 +45,8 @@ QUICKSTART_VAL := datasets/ddetr_shapes/ddetr_shapes_val/images
 quickstart: build
 	$(PY) train_net.py --config-file configs/quickstart.yaml OUTPUT_DIR $(QUICKSTART_DIR)
 	$(PY) demo.py --config-file configs/quickstart.yaml --input "$(QUICKSTART_VAL)/0000*.jpg" \
-		--output $(QUICKSTART_DIR)/pictures --opts MODEL.WEIGHTS $(QUICKSTART_DIR)/model_final.pth
+		--output $(QUICKSTART_DIR)/pictures --confidence-threshold 0.3 \
+		--opts MODEL.WEIGHTS $(QUICKSTART_DIR)/model_final.pth
 	$(PY) tools/quickstart_summary.py $(QUICKSTART_DIR)
 
 clean:

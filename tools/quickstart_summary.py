@@ -20,7 +20,8 @@ def main(output_dir):
     print("\n=== quickstart summary ===")
     if losses:
         step = max(1, len(losses) // 8)
-        curve = ", ".join(f"{it + 1}: {loss:.2f}" for it, loss in losses[::step] + losses[-1:])
+        points = losses[::step] + ([losses[-1]] if (len(losses) - 1) % step else [])
+        curve = ", ".join(f"{it + 1}: {loss:.2f}" for it, loss in points)
         print(f"total_loss by iteration: {curve}")
     if evals:
         last = evals[-1]

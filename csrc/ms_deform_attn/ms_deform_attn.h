@@ -33,16 +33,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& attention_weights, const at::Tensor& grad_output);
 #endif
 
-// Sizes of one call, read off the tensors after check_inputs has accepted them.
+// Sizes of one call, read off the checked tensors.
 struct Sizes {
   int64_t N, S, M, D, Lq, L, P;
 };
 
-// Shape, dtype and device checks shared by every backend (the Python wrapper checks the same
-// with friendlier messages; these guard direct calls through torch.ops). Returns the sizes.
-Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                   const at::Tensor& attention_weights);
+// The inputs of one call, checked (shape, dtype, device) and made contiguous, with their sizes;
+// grad_output (backward only) also in value's dtype. The Python wrapper checks the same with
+// friendlier messages; these guard direct calls through torch.ops.
+struct Inputs {
+  at::Tensor value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
+  at::Tensor grad_output;  // undefined in the forward
+  Sizes s;
+};
+
+Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                      const at::Tensor& attention_weights,
+                      const at::Tensor& grad_output = at::Tensor());
 
 // Checks that spatial_shapes has positive rows that cover S and that level_start_index holds the
 // start of each level, so that no kernel reads outside value. Reads the data: CPU tensors only.

@@ -5,6 +5,8 @@
 
 namespace deformable_detr {
 
+namespace {
+
 Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                    const at::Tensor& attention_weights) {
@@ -44,6 +46,30 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                   sampling_locations.device() == device && attention_weights.device() == device,
               "all inputs must be on ", device);
   return s;
+}
+
+}  // namespace
+
+Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                      const at::Tensor& attention_weights, const at::Tensor& grad_output) {
+  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights);
+  Inputs in{value.contiguous(),
+            spatial_shapes.contiguous(),
+            level_start_index.contiguous(),
+            sampling_locations.contiguous(),
+            attention_weights.contiguous(),
+            at::Tensor(),
+            s};
+  if (grad_output.defined()) {
+    TORCH_CHECK(grad_output.dim() == 3 && grad_output.size(0) == s.N &&
+                    grad_output.size(1) == s.Lq && grad_output.size(2) == s.M * s.D,
+                "grad_output must be (N, Lq, M * D) = (", s.N, ", ", s.Lq, ", ", s.M * s.D,
+                "), got ", grad_output.sizes());
+    in.grad_output = grad_output.to(value.scalar_type()).contiguous();
+  }
+  return in;
 }
 
 void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,

@@ -125,13 +125,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value,
 at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in,
                                        const at::Tensor& starts_in, const at::Tensor& loc_in,
                                        const at::Tensor& attn_in) {
-  const Sizes s = check_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
-  const auto value = value_in.contiguous();
-  const auto shapes = shapes_in.contiguous();
-  const auto starts = starts_in.contiguous();
-  const auto loc = loc_in.contiguous();
-  const auto attn = attn_in.contiguous();
+  const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
+  const Sizes& s = in.s;
+  const at::Tensor &value = in.value, &shapes = in.spatial_shapes, &starts = in.level_start_index,
+                   &loc = in.sampling_locations, &attn = in.attention_weights;
   auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (out.numel() == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -150,17 +148,12 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
     const at::Tensor& loc_in, const at::Tensor& attn_in, const at::Tensor& grad_out_in) {
-  const Sizes s = check_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
-  TORCH_CHECK(grad_out_in.dim() == 3 && grad_out_in.size(0) == s.N && grad_out_in.size(1) == s.Lq &&
-                  grad_out_in.size(2) == s.M * s.D,
-              "grad_output must be (N, Lq, M * D), got ", grad_out_in.sizes());
   const c10::cuda::CUDAGuard guard(value_in.device());
-  const auto value = value_in.contiguous();
-  const auto shapes = shapes_in.contiguous();
-  const auto starts = starts_in.contiguous();
-  const auto loc = loc_in.contiguous();
-  const auto attn = attn_in.contiguous();
-  const auto grad_out = grad_out_in.to(value.scalar_type()).contiguous();
+  const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc_in, attn_in, grad_out_in);
+  const Sizes& s = in.s;
+  const at::Tensor &value = in.value, &shapes = in.spatial_shapes, &starts = in.level_start_index,
+                   &loc = in.sampling_locations, &attn = in.attention_weights,
+                   &grad_out = in.grad_output;
   auto grad_loc = at::zeros_like(loc);
   auto grad_attn = at::zeros_like(attn);
   const auto acc_type = at::toOpMathType(value.scalar_type());

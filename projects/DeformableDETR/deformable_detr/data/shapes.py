@@ -136,5 +136,7 @@ def register_shapes_datasets(root=None):
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
         if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, os.path.join(folder, "annotations.json"),
+            # class names now, not only once the json is loaded: the demo never loads it
+            register_coco_instances(name, {"thing_classes": list(SHAPE_CLASSES)},
+                                    os.path.join(folder, "annotations.json"),
                                     os.path.join(folder, "images"))
