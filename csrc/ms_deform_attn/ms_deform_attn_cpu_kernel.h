@@ -34,8 +34,7 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
         for (int64_t p = 0; p < s.P; ++p) {
           const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
           BilinearCorners<acc_t> c;
-          if (!bilinear_corners<acc_t>(static_cast<acc_t>(loc[2 * i]),
-                                       static_cast<acc_t>(loc[2 * i + 1]), H, W, c)) {
+          if (!sample_corners<acc_t>(loc, i, H, W, c)) {
             continue;
           }
           const acc_t a = static_cast<acc_t>(attn[i]);
@@ -108,8 +107,7 @@ void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* 
       for (int64_t p = 0; p < s.P; ++p) {
         const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
         BilinearCorners<acc_t> c;
-        if (!bilinear_corners<acc_t>(static_cast<acc_t>(loc[2 * i]),
-                                     static_cast<acc_t>(loc[2 * i + 1]), H, W, c)) {
+        if (!sample_corners<acc_t>(loc, i, H, W, c)) {
           continue;
         }
         const acc_t a = static_cast<acc_t>(attn[i]);

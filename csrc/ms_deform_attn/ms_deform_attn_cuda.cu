@@ -50,8 +50,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
       for (int64_t p = 0; p < s.P; ++p) {
         const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
         BilinearCorners<acc_t> c;
-        if (!bilinear_corners<acc_t>(static_cast<acc_t>(loc[2 * i]),
-                                     static_cast<acc_t>(loc[2 * i + 1]), H, W, c)) {
+        if (!sample_corners<acc_t>(loc, i, H, W, c)) {
           continue;
         }
         const acc_t a = static_cast<acc_t>(attn[i]);
@@ -88,8 +87,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value,
     const int64_t n = row / s.Lq;
     const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
     BilinearCorners<acc_t> c;
-    if (!bilinear_corners<acc_t>(static_cast<acc_t>(loc[2 * i]),
-                                 static_cast<acc_t>(loc[2 * i + 1]), H, W, c)) {
+    if (!sample_corners<acc_t>(loc, i, H, W, c)) {
       grad_attn[i] = scalar_t(0);
       grad_loc[2 * i] = scalar_t(0);
       grad_loc[2 * i + 1] = scalar_t(0);

@@ -76,6 +76,14 @@ DDETR_HOST_DEVICE bool bilinear_corners(acc_t x, acc_t y, int64_t H, int64_t W,
   return true;
 }
 
+// The corners of sample i, whose location (x, y) is at locations[2 * i], in acc_t.
+template <typename acc_t, typename scalar_t>
+DDETR_HOST_DEVICE bool sample_corners(const scalar_t* locations, int64_t i, int64_t H,
+                                      int64_t W, BilinearCorners<acc_t>& c) {
+  return bilinear_corners<acc_t>(static_cast<acc_t>(locations[2 * i]),
+                                 static_cast<acc_t>(locations[2 * i + 1]), H, W, c);
+}
+
 // Gradients of one sample, given g[k] = <grad_output, value at corner k> (0 for invalid corners)
 // and the sample's attention weight `attn`:
 //   grad_attn = sum_k weight[k] * g[k]
