@@ -57,7 +57,11 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    cfg = load_config(args)
     # written once here, not by every process of a multi-process launch
-    register_datasets(load_config(args))
+    register_datasets(cfg)
+    if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:
+        # launch picks NCCL whenever a GPU is visible; CPU processes need gloo
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -82,6 +82,15 @@ def check_targets(targets: Sequence[Mapping], num_images: int, num_classes: int)
         if len(boxes) != len(labels):
             raise ValueError(f"targets[{i}]['boxes'] must be (T, 4) with T = {len(labels)} as "
                              f"its labels, got {tuple(boxes.shape)}")
+    # The value checks of all images read back one flag: one device sync per call, not several
+    # per image; the details are looked up only when something is wrong.
+    flags = [((t["labels"] < 0) | (t["labels"] >= num_classes)).any()
+             | (~torch.isfinite(t["boxes"]).all(1) | (t["boxes"][:, 2:] < 0).any(1)).any()
+             for t in targets if len(t["labels"])]
+    if not flags or not bool(torch.stack(flags).any()):
+        return
+    for i, target in enumerate(targets):
+        labels, boxes = target["labels"], target["boxes"]
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"targets[{i}]['labels'] must lie in [0, {num_classes}), got "
                              f"values in [{labels.min().item()}, {labels.max().item()}]")
@@ -167,21 +176,22 @@ class HungarianMatcher(nn.Module):
         check_targets(targets, *check_set_outputs(outputs))
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         N, Q = logits.shape[:2]
-        # Caught here, a diverged model fails with its cause, not inside scipy.
-        bad = [f"outputs[{k!r}]" for k in ("pred_logits", "pred_boxes")
-               if not torch.isfinite(outputs[k]).all()]
-        if bad:
+        # Caught here, a diverged model fails with its cause, not inside scipy (one device sync
+        # for both tensors; the names only when something is wrong).
+        if not bool(torch.isfinite(logits).all() & torch.isfinite(boxes).all()):
+            bad = [f"outputs[{k!r}]" for k in ("pred_logits", "pred_boxes")
+                   if not torch.isfinite(outputs[k]).all()]
             raise ValueError(f"cannot match: {' and '.join(bad)} contain NaN or inf")
         # One cost matrix for the whole batch, (N Q, sum(T)), is one set of big kernels rather
         # than N small ones; only each image's own block is used below.
         cost = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1),
                                 torch.cat([t["labels"] for t in targets]),
                                 torch.cat([t["boxes"] for t in targets]).to(boxes.dtype))
-        if not torch.isfinite(cost).all():
-            raise ValueError("the matching cost is not finite: a zero-area predicted or target "
-                             "box leaves GIoU undefined")
         # float64 holds any float dtype exactly, and scipy takes no half precision.
         cost = cost.view(N, Q, cost.shape[-1]).to("cpu", torch.float64)
+        if not torch.isfinite(cost).all():  # checked on the CPU copy: no extra device sync
+            raise ValueError("the matching cost is not finite: a zero-area predicted or target "
+                             "box leaves GIoU undefined")
         sizes = [len(t["labels"]) for t in targets]
         indices = []
         for i, block in enumerate(cost.split(sizes, dim=-1)):
