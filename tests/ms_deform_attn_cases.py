@@ -166,8 +166,8 @@ def reference_grads64(value, spatial_shapes, loc, weights, grad_out):
 
 def kernel_grads(value, spatial_shapes, level_start_index, loc, weights, grad_out):
     """(output, grad_value, grad_locations, grad_weights) through `ms_deform_attn`, checking that
-    the compiled operator (not the reference fallback) ran."""
-    assert kernel_available(CPU, value.dtype)
+    the compiled operator (not the reference fallback) ran, on the inputs' device."""
+    assert kernel_available(value.device, value.dtype)
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, weights)]
     out = ms_deform_attn(leaves[0], spatial_shapes, level_start_index, leaves[1], leaves[2])
     assert "deformable_detr_ms_deform_attn" in type(out.grad_fn).__name__, out.grad_fn
