@@ -1,10 +1,13 @@
-"""Layers: the multi-scale deformable attention op (compiled kernels and reference) and module."""
+"""Layers: the multi-scale deformable attention op (compiled kernels and reference), its module,
+and the sine position encoding."""
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_op import extension_available, kernel_available, ms_deform_attn
 from .ms_deform_attn_ref import ms_deform_attn_pytorch
+from .position_encoding import PositionEmbeddingSine
 
 __all__ = [
     "MSDeformAttn",
+    "PositionEmbeddingSine",
     "extension_available",
     "kernel_available",
     "ms_deform_attn",

@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torchvision.ops import box_convert
 
-from ..layers.position_encoding import PositionEmbeddingSine
+from ..layers import PositionEmbeddingSine
 from .box_head import MLP
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
