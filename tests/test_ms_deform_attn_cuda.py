@@ -100,3 +100,18 @@ def test_non_finite_locations_sample_zero():
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
         _, g_loc, g_w = torch.autograd.grad(out.sum(), leaves)
         assert g_loc[0, 0, 0, 0, 0].abs().sum() == 0 and g_w[0, 0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("value_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_values_with_float32_locations(value_dtype):
+    inputs = make_inputs(D=32, dtype=torch.float32, margin=KINK_MARGIN[torch.float32])
+    value, shapes, starts, loc, weights = _to_cuda(inputs)
+    value = value.to(value_dtype)
+    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
+                           device=CUDA).to(value_dtype)
+    actual = kernel_grads(value, shapes, starts, loc, weights, grad_out)
+    assert actual[0].dtype == value_dtype and actual[2].dtype == torch.float32
+    expected = reference_grads64(value.cpu(), inputs[1], inputs[3], inputs[4], grad_out.cpu())
+    rtol, atol = FWD_TOL[value_dtype]
+    torch.testing.assert_close(actual[0].cpu().double(), expected[0], rtol=rtol, atol=atol)
+    assert_close_grads([a.cpu() for a in actual[1:]], expected[1:], value_dtype)

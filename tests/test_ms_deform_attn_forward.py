@@ -28,11 +28,14 @@ from ms_deform_attn_cases import (
     CPU,
     FWD_TOL,
     KERNEL_DTYPES,
+    KINK_MARGIN,
+    assert_close_grads,
     kernel_grads,
     level_tensors,
     make_inputs,
     raw_forward,
     reference64,
+    reference_grads64,
     requires_extension,
 )
 
@@ -261,24 +264,29 @@ def test_batch_equals_images_alone():
 
 
 @pytest.mark.parametrize(
-    "value_dtype,loc_dtype,weights_dtype,out_dtype",
+    "value_dtype,loc_dtype,weights_dtype,out_dtype,location_dtype",
     [
-        (torch.float32, torch.float64, torch.float32, torch.float64),
-        (torch.float16, torch.float32, torch.float16, torch.float32),
-        (torch.bfloat16, torch.bfloat16, torch.float32, torch.float32),
+        # promoted like PyTorch's binary ops
+        (torch.float32, torch.float64, torch.float32, torch.float64, torch.float64),
+        (torch.bfloat16, torch.float16, torch.float16, torch.float32, torch.float32),
+        # half values with float32 locations or weights (autocast's mix): the kernel keeps the
+        # values in their dtype and the locations and weights in float32
+        (torch.bfloat16, torch.float32, torch.float32, torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32, torch.float16, torch.float16, torch.float32),
+        (torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16, torch.float32),
     ],
     ids=str,
 )
-def test_mixed_dtypes_promote(value_dtype, loc_dtype, weights_dtype, out_dtype):
+def test_mixed_dtypes(value_dtype, loc_dtype, weights_dtype, out_dtype, location_dtype):
     value, shapes, starts, loc, weights = make_inputs(N=2, Lq=5, M=2, D=8, P=3, seed=15)
     value, loc, weights = value.to(value_dtype), loc.to(loc_dtype), weights.to(weights_dtype)
     leaves = [t.clone().requires_grad_() for t in (value, loc, weights)]
     out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
     assert out.dtype == out_dtype
     assert "deformable_detr_ms_deform_attn" in type(out.grad_fn).__name__  # the kernel ran
-    # The same as running the kernel on the inputs converted to the promoted dtype.
-    expected = raw_forward(value.to(out_dtype), shapes, starts, loc.to(out_dtype),
-                           weights.to(out_dtype))
+    # The same as running the kernel on the inputs converted to the dtypes it computes in.
+    expected = raw_forward(value.to(out_dtype), shapes, starts, loc.to(location_dtype),
+                           weights.to(location_dtype))
     assert torch.equal(out, expected)
     rtol, atol = FWD_TOL[out_dtype]
     torch.testing.assert_close(out.double(), reference64(value, shapes, loc, weights),
@@ -287,6 +295,23 @@ def test_mixed_dtypes_promote(value_dtype, loc_dtype, weights_dtype, out_dtype):
     for leaf in leaves:  # gradients come back in each input's own dtype
         assert leaf.grad is not None and leaf.grad.dtype == leaf.dtype
         assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("value_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_values_with_float32_locations_backward(value_dtype):
+    """The mixed kernel's gradients against the float64 reference: the value's in its half dtype,
+    the locations' and weights' in float32."""
+    value, shapes, starts, loc, weights = make_inputs(D=32, dtype=torch.float32, seed=16,
+                                                      margin=KINK_MARGIN[torch.float32])
+    value = value.to(value_dtype)
+    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
+                           generator=torch.Generator().manual_seed(3)).to(value_dtype)
+    actual = kernel_grads(value, shapes, starts, loc, weights, grad_out)
+    expected = reference_grads64(value, shapes, loc, weights, grad_out)
+    assert actual[2].dtype == actual[3].dtype == torch.float32
+    rtol, atol = FWD_TOL[value_dtype]
+    torch.testing.assert_close(actual[0].double(), expected[0], rtol=rtol, atol=atol)
+    assert_close_grads(actual[1:], expected[1:], value_dtype)
 
 
 def test_int32_index_tensors_accepted_by_wrapper():

@@ -196,3 +196,28 @@ def test_is_an_nn_module_with_the_released_parameter_count():
     assert isinstance(attn, nn.Module)
     # offsets 256*256+256, weights 256*128+128, value and output 2*(256*256+256)
     assert sum(p.numel() for p in attn.parameters()) == 65792 + 32896 + 2 * 65792
+
+
+def test_autocast_runs_the_op_on_half_values_with_float32_locations():
+    """Under autocast the values come out of a Linear in bfloat16 while the locations stay in
+    float32 (reference points + offsets): the op keeps both, and returns bfloat16."""
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=64, n_levels=2, n_heads=2, n_points=2)
+    spatial_shapes, starts, S = levels([(6, 5), (3, 3)])
+    query, value, ref = torch.randn(2, 7, 64), torch.randn(2, S, 64), torch.rand(2, 7, 2, 2)
+    seen = []
+    handle = torch.ops.deformable_detr.ms_deform_attn.default
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is handle:
+                seen.append((args[0].dtype, args[3].dtype, args[4].dtype))
+            return func(*args, **(kwargs or {}))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), Record():
+        out = attn(query, ref, value, spatial_shapes, starts)
+    assert seen == [(torch.bfloat16, torch.float32, torch.float32)]
+    full = attn(query, ref, value, spatial_shapes, starts)
+    # bfloat16 Linear layers and values: a few 2**-8 relative errors on O(1) outputs
+    torch.testing.assert_close(out.float(), full, rtol=0.05, atol=0.05)

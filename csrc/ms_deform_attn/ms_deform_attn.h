@@ -5,9 +5,11 @@
 // (N, Lq, M, L, P); output and grad_output (N, Lq, M * D).
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 
 #include <tuple>
+#include <type_traits>
 
 namespace deformable_detr {
 
@@ -51,6 +53,17 @@ Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                       const at::Tensor& attention_weights,
                       const at::Tensor& grad_output = at::Tensor());
+
+// Calls fn(loc_t{}) with loc_t the C++ type of the locations and attention weights: the value's
+// own, or float32 with float16/bfloat16 values (autocast's mix: half values, float32 locations,
+// which keep their precision).
+template <typename scalar_t, typename Fn>
+void with_location_type(at::ScalarType location_type, Fn&& fn) {
+  if constexpr (!std::is_same_v<at::opmath_type<scalar_t>, scalar_t>) {
+    if (location_type == at::kFloat) return fn(float{});
+  }
+  fn(scalar_t{});
+}
 
 // Checks that spatial_shapes has positive rows that cover S and that level_start_index holds the
 // start of each level, so that no kernel reads outside value. Reads the data: CPU tensors only.

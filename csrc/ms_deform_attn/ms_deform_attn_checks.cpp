@@ -36,11 +36,13 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong &&
                   level_start_index.scalar_type() == at::kLong,
               "spatial_shapes and level_start_index must be int64");
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              "value, sampling_locations and attention_weights must share a dtype, got ",
-              value.scalar_type(), ", ", sampling_locations.scalar_type(), ", ",
-              attention_weights.scalar_type());
+  const auto value_type = value.scalar_type(), location_type = sampling_locations.scalar_type();
+  const bool half_value = value_type == at::kHalf || value_type == at::kBFloat16;
+  TORCH_CHECK(attention_weights.scalar_type() == location_type &&
+                  (location_type == value_type || (half_value && location_type == at::kFloat)),
+              "sampling_locations and attention_weights must share a dtype, the value's or "
+              "float32 with float16/bfloat16 values; got ",
+              value_type, ", ", location_type, ", ", attention_weights.scalar_type());
   const auto device = value.device();
   TORCH_CHECK(spatial_shapes.device() == device && level_start_index.device() == device &&
                   sampling_locations.device() == device && attention_weights.device() == device,

@@ -78,84 +78,104 @@ Isa cpu_isa() {
 }
 
 // The kernel of the CPU's instruction set.
-template <typename scalar_t, typename acc_t, int kD>
+template <typename scalar_t, typename loc_t, typename acc_t, int kD>
 void forward_rows_isa(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                      const scalar_t* loc, const scalar_t* attn, scalar_t* out, const Sizes& s,
+                      const loc_t* loc, const loc_t* attn, scalar_t* out, const Sizes& s,
                       int64_t begin, int64_t end, const scalar_t* zeros, acc_t* scratch) {
   switch (cpu_isa()) {
 #ifdef DDETR_X86_CLONES
     case Isa::kAvx512:
-      return avx512::forward_rows<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
+      return avx512::forward_rows<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
                                                        begin, end, zeros, scratch);
     case Isa::kAvx2:
-      return avx2::forward_rows<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
+      return avx2::forward_rows<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
                                                      begin, end, zeros, scratch);
 #endif
     default:
-      return generic::forward_rows<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
+      return generic::forward_rows<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
                                                         begin, end, zeros, scratch);
   }
 }
 
-template <typename scalar_t, typename acc_t, int kD>
+template <typename scalar_t, typename loc_t, typename acc_t, int kD>
 void backward_task_isa(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                       const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
-                       acc_t* grad_nm, int64_t grad_stride, scalar_t* grad_loc,
-                       scalar_t* grad_attn, const Sizes& s, int64_t n, int64_t m,
+                       const loc_t* loc, const loc_t* attn, const scalar_t* grad_out,
+                       acc_t* grad_nm, int64_t grad_stride, loc_t* grad_loc,
+                       loc_t* grad_attn, const Sizes& s, int64_t n, int64_t m,
                        const scalar_t* zeros, acc_t* scratch) {
   switch (cpu_isa()) {
 #ifdef DDETR_X86_CLONES
     case Isa::kAvx512:
-      return avx512::backward_task<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn,
+      return avx512::backward_task<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn,
                                                         grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
     case Isa::kAvx2:
-      return avx2::backward_task<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+      return avx2::backward_task<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
 #endif
     default:
-      return generic::backward_task<scalar_t, acc_t, kD>(value, shapes, starts, loc, attn,
+      return generic::backward_task<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn,
                                                          grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
   }
 }
 
 // The kernel with D fixed at compile time for the common head dims, so that accumulators stay in
 // registers; any other D runs the general loop.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename loc_t, typename acc_t>
 void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                  const scalar_t* loc, const scalar_t* attn, scalar_t* out, const Sizes& s,
+                  const loc_t* loc, const loc_t* attn, scalar_t* out, const Sizes& s,
                   int64_t begin, int64_t end, const scalar_t* zeros, acc_t* scratch) {
   switch (s.D) {
     case 32:
-      return forward_rows_isa<scalar_t, acc_t, 32>(value, shapes, starts, loc, attn, out, s,
+      return forward_rows_isa<scalar_t, loc_t, acc_t, 32>(value, shapes, starts, loc, attn, out, s,
                                                    begin, end, zeros, scratch);
     case 64:
-      return forward_rows_isa<scalar_t, acc_t, 64>(value, shapes, starts, loc, attn, out, s,
+      return forward_rows_isa<scalar_t, loc_t, acc_t, 64>(value, shapes, starts, loc, attn, out, s,
                                                    begin, end, zeros, scratch);
     default:
-      return forward_rows_isa<scalar_t, acc_t, 0>(value, shapes, starts, loc, attn, out, s,
+      return forward_rows_isa<scalar_t, loc_t, acc_t, 0>(value, shapes, starts, loc, attn, out, s,
                                                   begin, end, zeros, scratch);
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename loc_t, typename acc_t>
 void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                   const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
-                   acc_t* grad_nm, int64_t grad_stride, scalar_t* grad_loc, scalar_t* grad_attn,
+                   const loc_t* loc, const loc_t* attn, const scalar_t* grad_out,
+                   acc_t* grad_nm, int64_t grad_stride, loc_t* grad_loc, loc_t* grad_attn,
                    const Sizes& s, int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
   switch (s.D) {
     case 32:
-      return backward_task_isa<scalar_t, acc_t, 32>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+      return backward_task_isa<scalar_t, loc_t, acc_t, 32>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
     case 64:
-      return backward_task_isa<scalar_t, acc_t, 64>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+      return backward_task_isa<scalar_t, loc_t, acc_t, 64>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
     default:
-      return backward_task_isa<scalar_t, acc_t, 0>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+      return backward_task_isa<scalar_t, loc_t, acc_t, 0>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
   }
+}
+
+// Forward over all N * Lq output rows.
+template <typename scalar_t, typename loc_t>
+void forward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                 const at::Tensor& loc, const at::Tensor& attn, at::Tensor& out, const Sizes& s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* v = value.const_data_ptr<scalar_t>();
+  const int64_t* sh = shapes.const_data_ptr<int64_t>();
+  const int64_t* st = starts.const_data_ptr<int64_t>();
+  const loc_t* lp = loc.const_data_ptr<loc_t>();
+  const loc_t* ap = attn.const_data_ptr<loc_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const std::vector<scalar_t> zeros(s.D, scalar_t(0));
+  // One output row (n, q) is ~M * L * P * 4 * D multiply-adds; 16 rows amortise a task.
+  at::parallel_for(0, s.N * s.Lq, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(s.D);
+    forward_rows<scalar_t, loc_t, acc_t>(v, sh, st, lp, ap, op, s, begin, end, zeros.data(),
+                                         scratch.data());
+  });
 }
 
 // Backward over all (n, m) tasks; each owns disjoint outputs (see backward_task).
 // float16/bfloat16: each task sums its grad_value rows in a float32 buffer of its own (S * D,
 // dense) and rounds them once at the end, so the extra memory is S * D floats per thread rather
 // than a float32 copy of grad_value; float32/float64 sum in place.
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
                   const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out,
                   at::Tensor& grad_value, at::Tensor& grad_loc, at::Tensor& grad_attn,
@@ -165,12 +185,12 @@ void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::T
   const scalar_t* v = value.const_data_ptr<scalar_t>();
   const int64_t* sh = shapes.const_data_ptr<int64_t>();
   const int64_t* st = starts.const_data_ptr<int64_t>();
-  const scalar_t* lp = loc.const_data_ptr<scalar_t>();
-  const scalar_t* ap = attn.const_data_ptr<scalar_t>();
+  const loc_t* lp = loc.const_data_ptr<loc_t>();
+  const loc_t* ap = attn.const_data_ptr<loc_t>();
   const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gvp = grad_value.mutable_data_ptr<scalar_t>();
-  scalar_t* glp = grad_loc.mutable_data_ptr<scalar_t>();
-  scalar_t* gap = grad_attn.mutable_data_ptr<scalar_t>();
+  loc_t* glp = grad_loc.mutable_data_ptr<loc_t>();
+  loc_t* gap = grad_attn.mutable_data_ptr<loc_t>();
   const std::vector<scalar_t> zeros(s.D, scalar_t(0));
   const int64_t pixel_stride = s.M * s.D;
   at::parallel_for(0, s.N * s.M, 1, [&](int64_t begin, int64_t end) {
@@ -180,12 +200,12 @@ void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::T
       const int64_t n = t / s.M, m = t % s.M;
       scalar_t* grad_nm = gvp + (n * s.S * s.M + m) * s.D;
       if constexpr (in_place) {
-        backward_task<scalar_t, acc_t>(v, sh, st, lp, ap, gop, grad_nm, pixel_stride, glp, gap, s,
-                                       n, m, zeros.data(), scratch.data());
+        backward_task<scalar_t, loc_t, acc_t>(v, sh, st, lp, ap, gop, grad_nm, pixel_stride, glp,
+                                              gap, s, n, m, zeros.data(), scratch.data());
       } else {
         std::fill(buffer.begin(), buffer.end(), acc_t(0));
-        backward_task<scalar_t, acc_t>(v, sh, st, lp, ap, gop, buffer.data(), s.D, glp, gap, s, n,
-                                       m, zeros.data(), scratch.data());
+        backward_task<scalar_t, loc_t, acc_t>(v, sh, st, lp, ap, gop, buffer.data(), s.D, glp,
+                                              gap, s, n, m, zeros.data(), scratch.data());
         for (int64_t j = 0; j < s.S; ++j) {
           for (int64_t d = 0; d < s.D; ++d) {
             grad_nm[j * pixel_stride + d] = static_cast<scalar_t>(buffer[j * s.D + d]);
@@ -210,19 +230,8 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in, const at::Tens
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* v = value.const_data_ptr<scalar_t>();
-        const int64_t* sh = shapes.const_data_ptr<int64_t>();
-        const int64_t* st = starts.const_data_ptr<int64_t>();
-        const scalar_t* lp = loc.const_data_ptr<scalar_t>();
-        const scalar_t* ap = attn.const_data_ptr<scalar_t>();
-        scalar_t* op = out.mutable_data_ptr<scalar_t>();
-        // One output row (n, q) is ~M * L * P * 4 * D multiply-adds; 16 rows amortise a task.
-        const std::vector<scalar_t> zeros(s.D, scalar_t(0));
-        at::parallel_for(0, s.N * s.Lq, 16, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> scratch(s.D);
-          forward_rows<scalar_t, acc_t>(v, sh, st, lp, ap, op, s, begin, end, zeros.data(),
-                                        scratch.data());
+        with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
+          forward_cpu<scalar_t, decltype(loc_tag)>(value, shapes, starts, loc, attn, out, s);
         });
       });
   return out;
@@ -243,8 +252,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   if (s.N * s.Lq * s.M * s.L * s.P == 0 || s.D == 0) return {grad_value, grad_loc, grad_attn};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-        backward_cpu<scalar_t>(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
-                               grad_attn, s);
+        with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
+          backward_cpu<scalar_t, decltype(loc_tag)>(value, shapes, starts, loc, attn, grad_out,
+                                                    grad_value, grad_loc, grad_attn, s);
+        });
       });
   return {grad_value, grad_loc, grad_attn};
 }

@@ -16,9 +16,9 @@ namespace DDETR_ISA {
 
 // Forward for output rows [row_begin, row_end) of the N * Lq rows, all heads.
 // zeros: D zeros. scratch: D values of acc_t owned by the calling thread (used when kD == 0).
-template <typename scalar_t, typename acc_t, int kD>
+template <typename scalar_t, typename loc_t, typename acc_t, int kD>
 void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                  const scalar_t* loc, const scalar_t* attn, scalar_t* out, const Sizes& s,
+                  const loc_t* loc, const loc_t* attn, scalar_t* out, const Sizes& s,
                   int64_t row_begin, int64_t row_end, const scalar_t* zeros, acc_t* scratch) {
   const int64_t D = kD > 0 ? kD : s.D;
   const int64_t pixel_stride = s.M * D;  // from one pixel's row of a head to the next pixel's
@@ -78,10 +78,10 @@ inline void prefetch(const T* p, int64_t count) {
 // grad_nm + j * grad_stride. grad_loc and grad_attn are zero-initialised.
 // zeros: D zeros. scratch: 2 * D values of acc_t owned by the calling thread: a sink row for
 // corners outside the map, then (kD == 0) grad_output.
-template <typename scalar_t, typename acc_t, int kD>
+template <typename scalar_t, typename loc_t, typename acc_t, int kD>
 void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                   const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
-                   acc_t* grad_nm, int64_t grad_stride, scalar_t* grad_loc, scalar_t* grad_attn,
+                   const loc_t* loc, const loc_t* attn, const scalar_t* grad_out,
+                   acc_t* grad_nm, int64_t grad_stride, loc_t* grad_loc, loc_t* grad_attn,
                    const Sizes& s, int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
   const int64_t D = kD > 0 ? kD : s.D;
   const int64_t pixel_stride = s.M * D;  // from one pixel's row of a head to the next pixel's
@@ -126,9 +126,9 @@ void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* 
         }
         acc_t ga, gx, gy;
         bilinear_backward<acc_t>(c, g, a, H, W, &ga, &gx, &gy);
-        grad_attn[i] = static_cast<scalar_t>(ga);
-        grad_loc[2 * i] = static_cast<scalar_t>(gx);
-        grad_loc[2 * i + 1] = static_cast<scalar_t>(gy);
+        grad_attn[i] = static_cast<loc_t>(ga);
+        grad_loc[2 * i] = static_cast<loc_t>(gx);
+        grad_loc[2 * i + 1] = static_cast<loc_t>(gy);
       }
     }
   }

@@ -30,11 +30,11 @@ int64_t num_blocks(int64_t total) {
 }
 
 // One thread per output element (n, q, m, d): consecutive threads read consecutive channels.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename loc_t, typename acc_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ value,
                                const int64_t* __restrict__ shapes,
                                const int64_t* __restrict__ starts,
-                               const scalar_t* __restrict__ loc, const scalar_t* __restrict__ attn,
+                               const loc_t* __restrict__ loc, const loc_t* __restrict__ attn,
                                scalar_t* __restrict__ out, Sizes s) {
   const int64_t total = s.N * s.Lq * s.M * s.D;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
@@ -69,14 +69,14 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
 // One thread per sample (n, q, m, l, p): it owns its location and weight gradients; grad_value is
 // summed with atomics into an acc_t buffer (float32 for half types), so it is not bitwise
 // deterministic on the GPU.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename loc_t, typename acc_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ value,
                                 const int64_t* __restrict__ shapes,
                                 const int64_t* __restrict__ starts,
-                                const scalar_t* __restrict__ loc,
-                                const scalar_t* __restrict__ attn,
+                                const loc_t* __restrict__ loc,
+                                const loc_t* __restrict__ attn,
                                 const scalar_t* __restrict__ grad_out, acc_t* __restrict__ grad_value,
-                                scalar_t* __restrict__ grad_loc, scalar_t* __restrict__ grad_attn,
+                                loc_t* __restrict__ grad_loc, loc_t* __restrict__ grad_attn,
                                 Sizes s) {
   const int64_t total = s.N * s.Lq * s.M * s.L * s.P;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -88,9 +88,9 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value,
     const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
     BilinearCorners<acc_t> c;
     if (!sample_corners<acc_t>(loc, i, H, W, c)) {
-      grad_attn[i] = scalar_t(0);
-      grad_loc[2 * i] = scalar_t(0);
-      grad_loc[2 * i + 1] = scalar_t(0);
+      grad_attn[i] = loc_t(0);
+      grad_loc[2 * i] = loc_t(0);
+      grad_loc[2 * i + 1] = loc_t(0);
       continue;
     }
     const acc_t a = static_cast<acc_t>(attn[i]);
@@ -112,9 +112,9 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value,
     }
     acc_t ga, gx, gy;
     bilinear_backward<acc_t>(c, g, a, H, W, &ga, &gx, &gy);
-    grad_attn[i] = static_cast<scalar_t>(ga);
-    grad_loc[2 * i] = static_cast<scalar_t>(gx);
-    grad_loc[2 * i + 1] = static_cast<scalar_t>(gy);
+    grad_attn[i] = static_cast<loc_t>(ga);
+    grad_loc[2 * i] = static_cast<loc_t>(gx);
+    grad_loc[2 * i + 1] = static_cast<loc_t>(gy);
   }
 }
 
@@ -134,11 +134,14 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        forward_kernel<scalar_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
-            value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
-            starts.const_data_ptr<int64_t>(), loc.const_data_ptr<scalar_t>(),
-            attn.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
+          using loc_t = decltype(loc_tag);
+          forward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
+              value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
+              starts.const_data_ptr<int64_t>(), loc.const_data_ptr<loc_t>(),
+              attn.const_data_ptr<loc_t>(), out.mutable_data_ptr<scalar_t>(), s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return out;
 }
@@ -162,13 +165,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          backward_kernel<scalar_t, acc_t><<<num_blocks(samples), kThreads, 0, stream>>>(
-              value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
-              starts.const_data_ptr<int64_t>(), loc.const_data_ptr<scalar_t>(),
-              attn.const_data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(),
-              grad_value_acc.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
-              grad_attn.mutable_data_ptr<scalar_t>(), s);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
+            using loc_t = decltype(loc_tag);
+            backward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(samples), kThreads, 0, stream>>>(
+                value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
+                starts.const_data_ptr<int64_t>(), loc.const_data_ptr<loc_t>(),
+                attn.const_data_ptr<loc_t>(), grad_out.const_data_ptr<scalar_t>(),
+                grad_value_acc.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<loc_t>(),
+                grad_attn.mutable_data_ptr<loc_t>(), s);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
   }
   auto grad_value = grad_value_acc.scalar_type() == value.scalar_type()

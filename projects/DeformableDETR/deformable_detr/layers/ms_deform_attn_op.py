@@ -86,6 +86,21 @@ if extension_available():
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtypes(value, sampling_locations, attention_weights):
+    """The inputs in the dtypes the kernels take: all one dtype, or half values with float32
+    locations and weights."""
+    location_dtype = torch.promote_types(sampling_locations.dtype, attention_weights.dtype)
+    if value.dtype in _HALF and location_dtype == torch.float32:
+        value_dtype = value.dtype
+    else:
+        value_dtype = location_dtype = torch.promote_types(value.dtype, location_dtype)
+    return (value.to(value_dtype), sampling_locations.to(location_dtype),
+            attention_weights.to(location_dtype))
+
+
 def ms_deform_attn(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -106,26 +121,25 @@ def ms_deform_attn(
         attention_weights: (N, Lq, M, L, P).
 
     Returns:
-        (N, Lq, M * D), of the dtype the floating inputs promote to. Differentiable in value,
+        (N, Lq, M * D). float16/bfloat16 values with float32 locations or weights (what autocast
+        produces) run in the value's dtype with float32 locations and weights, so locations keep
+        their precision; other mixes are promoted as PyTorch's binary ops promote them. The
+        output has the value's dtype after that. Differentiable in value,
         sampling_locations and attention_weights. Uses the compiled kernel when one exists for
         the device and dtype, the PyTorch reference otherwise (with one warning).
     """
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
-    dtype = torch.promote_types(
-        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
-    )
-    value, sampling_locations, attention_weights = (
-        t.to(dtype) for t in (value, sampling_locations, attention_weights)
-    )
+    value, sampling_locations, attention_weights = _compute_dtypes(
+        value, sampling_locations, attention_weights)
     N, _, M, D = value.shape
     Lq = sampling_locations.shape[1]
     if N == 0 or Lq == 0:
         # Keeps the graph connected, so that backward gives zero gradients.
         zero = 0 * (value.sum() + sampling_locations.sum() + attention_weights.sum())
-        return value.new_zeros((N, Lq, M * D)) + zero
-    if kernel_available(value.device, dtype):
+        return value.new_zeros((N, Lq, M * D)) + zero.to(value.dtype)
+    if kernel_available(value.device, value.dtype):
         return torch.ops.deformable_detr.ms_deform_attn(
             value, spatial_shapes.long(), level_start_index.long(), sampling_locations,
             attention_weights,
@@ -133,5 +147,5 @@ def ms_deform_attn(
     if not extension_available():
         _warn_once(f"the compiled extension is not built ({_EXTENSION_ERROR})")
     else:
-        _warn_once(f"no compiled kernel for device {value.device.type} and dtype {dtype}")
+        _warn_once(f"no compiled kernel for device {value.device.type} and dtype {value.dtype}")
     return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
