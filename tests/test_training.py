@@ -71,10 +71,21 @@ def test_resume_without_a_checkpoint_starts_from_scratch(shapes_root, tmp_path):
 
 
 def test_images_without_objects_are_kept(shapes_root):
-    dicts = DatasetCatalog.get("ddetr_shapes_train")
+    from detectron2.data import get_detection_dataset_dicts
+
+    from deformable_detr.data import DetrDatasetMapper
+
     cfg = quick_cfg("/tmp")
-    assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False
-    assert all("annotations" in d for d in dicts)
+    empty = dict(DatasetCatalog.get("ddetr_shapes_val")[0], annotations=[], image_id=-1)
+    DatasetCatalog.register("ddetr_test_with_empty", lambda: [empty])
+    try:
+        dicts = get_detection_dataset_dicts(
+            ["ddetr_test_with_empty"], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        assert len(dicts) == 1  # Detectron2's default would have dropped it
+        mapped = DetrDatasetMapper(cfg, True)(dicts[0])
+        assert len(mapped["instances"]) == 0
+    finally:
+        DatasetCatalog.remove("ddetr_test_with_empty")
 
 
 def test_weights_that_match_nothing_are_refused(shapes_root, tmp_path):
