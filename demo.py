@@ -12,24 +12,20 @@ import glob
 import logging
 import os
 import sys
-import warnings
-
-# detectron2 0.7 scripts a helper at import time; nothing for a user to act on
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
                                 "DeformableDETR"))
 
+# deformable_detr first: it silences detectron2's import-time deprecation warning
+from deformable_detr import get_config  # noqa: E402
+from deformable_detr.data import build_detr_augmentation, register_shapes_datasets  # noqa: E402
+from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
+
 import cv2  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
-
-from deformable_detr import add_deformable_detr_config  # noqa: E402
-from deformable_detr.data import build_detr_augmentation, register_shapes_datasets  # noqa: E402
-from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
 
 logger = logging.getLogger("deformable_detr.demo")
 
@@ -45,15 +41,6 @@ def get_parser():
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs")
     return parser
-
-
-def setup_cfg(args):
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
 
 
 class Predictor:
@@ -143,7 +130,8 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give exactly one of --input and --video-input")
-    cfg = setup_cfg(args)
+    cfg = get_config(args.config_file, args.opts)
+    cfg.freeze()
     if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0].startswith("ddetr_shapes"):
         register_shapes_datasets()
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")

@@ -11,27 +11,14 @@ synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are written on firs
 """
 import os
 import sys
-import warnings
-
-# detectron2 0.7 scripts a helper at import time; nothing for a user to act on
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
                                 "DeformableDETR"))
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-
-from deformable_detr import add_deformable_detr_config  # noqa: E402
+# deformable_detr first: it silences detectron2's import-time deprecation warning
+from deformable_detr import get_config  # noqa: E402
 from deformable_detr.data import register_shapes_datasets  # noqa: E402
 from deformable_detr.engine import Trainer, WeightsCheckpointer  # noqa: E402
-
-
-def load_config(args):
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    return cfg
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 
 
 def register_datasets(cfg):
@@ -41,7 +28,7 @@ def register_datasets(cfg):
 
 
 def main(args):
-    cfg = load_config(args)
+    cfg = get_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     register_datasets(cfg)
@@ -57,7 +44,7 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    cfg = load_config(args)
+    cfg = get_config(args.config_file, args.opts)
     # written once here, not by every process of a multi-process launch
     register_datasets(cfg)
     if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:

@@ -2,11 +2,10 @@
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from deformable_detr import add_deformable_detr_config
+from deformable_detr import get_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RELEASED_CONFIGS = (
@@ -20,11 +19,7 @@ ALL_CONFIGS = RELEASED_CONFIGS + ("ddetr_r50_fpn.yaml",)
 
 
 def model_cfg(name, opts=()):
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return get_config(os.path.join(CONFIG_DIR, name), ["MODEL.DEVICE", "cpu", *opts])
 
 
 def build(name, opts=(), seed=0):

@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from deformable_detr.config import add_deformable_detr_config
+from deformable_detr.config import get_config
 from deformable_detr.modeling.neck import NECK_REGISTRY, DeformableDETRNeck, build_neck
 
 
@@ -21,8 +20,7 @@ def make_cfg(backbone="build_resnet_backbone", in_features=("res3", "res4", "res
              num_feature_levels=4, res5_dilation=1):
     """A config with the release's ResNet-50 settings (pytorch-style stride in the 3x3 conv,
     frozen BN) and the given neck settings."""
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
+    cfg = get_config()
     cfg.MODEL.BACKBONE.NAME = backbone
     cfg.MODEL.RESNETS.DEPTH = 50
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False

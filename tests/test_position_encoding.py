@@ -12,9 +12,8 @@ import math
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 
-from deformable_detr.config import add_deformable_detr_config
+from deformable_detr.config import get_config
 from deformable_detr.layers.position_encoding import PositionEmbeddingSine
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -22,8 +21,7 @@ EPS32 = torch.finfo(torch.float32).eps
 
 def released_encoding():
     """The encoding with the released settings, from the project's config."""
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
+    cfg = get_config()
     c = cfg.MODEL.DEFORMABLE_DETR
     return PositionEmbeddingSine(num_pos_feats=c.HIDDEN_DIM // 2,
                                  temperature=c.POSITION_TEMPERATURE, normalize=True,

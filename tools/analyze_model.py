@@ -19,28 +19,20 @@ import argparse
 import os
 import sys
 import time
-import warnings
-
-# detectron2 0.7 scripts a helper at import time; nothing for a user to act on
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
-                        category=FutureWarning)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
+# deformable_detr first: it silences detectron2's import-time deprecation warning
+from deformable_detr import get_config  # noqa: E402
+from deformable_detr.flops import flop_count_analysis, flops_by_module  # noqa: E402
+
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from fvcore.nn import parameter_count  # noqa: E402
 
-from deformable_detr import add_deformable_detr_config  # noqa: E402
-from deformable_detr.flops import flop_count_analysis, flops_by_module  # noqa: E402
-
 
 def load_config(args):
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg

@@ -14,11 +14,6 @@ Usage: python tools/convert_torchvision_resnet.py --input resnet50-0676ba61.pth 
 import argparse
 import os
 import sys
-import warnings
-
-# detectron2 0.7 scripts a helper at import time; nothing for a user to act on
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
-                        category=FutureWarning)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 

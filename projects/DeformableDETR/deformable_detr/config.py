@@ -4,9 +4,12 @@ Defaults are the released multi-scale model's (../shared/reference/official-fact
 backbone, input format and pixel statistics live in Detectron2's own keys and are set by
 configs/Base-DeformableDETR.yaml.
 """
-from detectron2.config import CfgNode as CN
+from typing import Optional, Sequence
 
-__all__ = ["add_deformable_detr_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_deformable_detr_config", "get_config"]
 
 
 def add_deformable_detr_config(cfg):
@@ -90,3 +93,14 @@ def add_deformable_detr_config(cfg):
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+
+def get_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's default config with this project's keys, merged with a YAML file (if given)
+    and then with KEY VALUE overrides, as the command-line tools take them."""
+    cfg = get_cfg()
+    add_deformable_detr_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
