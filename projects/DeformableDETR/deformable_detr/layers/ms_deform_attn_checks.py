@@ -97,7 +97,10 @@ def check_ms_deform_attn_inputs(
         )
     if _is_tracing(*tensors):
         return
-    shapes = spatial_shapes.tolist()
+    # one read-back of both index tensors: a single device sync per call on the GPU
+    both = torch.cat([spatial_shapes.flatten(), level_start_index.to(spatial_shapes.dtype)])
+    flat = both.tolist()
+    shapes, given_starts = [flat[2 * i:2 * i + 2] for i in range(L)], flat[2 * L:]
     if any(h < 1 or w < 1 for h, w in shapes):
         raise ValueError(f"spatial_shapes must hold positive (H, W) rows, got {shapes}")
     sizes = [h * w for h, w in shapes]
@@ -107,8 +110,8 @@ def check_ms_deform_attn_inputs(
             f"S = {S}"
         )
     starts = [sum(sizes[:i]) for i in range(L)]
-    if level_start_index.tolist() != starts:
+    if given_starts != starts:
         raise ValueError(
             f"level_start_index must be the start of each level, {starts} for spatial_shapes "
-            f"{shapes}; got {level_start_index.tolist()}"
+            f"{shapes}; got {given_starts}"
         )

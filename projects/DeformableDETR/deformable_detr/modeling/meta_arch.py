@@ -43,7 +43,6 @@ class DeformableDETR(nn.Module):
         self.position_embedding = position_embedding
         self.transformer = transformer
         self.criterion = criterion
-        self.num_classes = num_classes
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage

@@ -74,7 +74,6 @@ class DeformableDETRNeck(nn.Module):
                 f"got {num_feature_levels!r}"
             )
         self.in_features = in_features
-        self.hidden_dim = hidden_dim
         self.num_feature_levels = num_feature_levels
 
         projections = [
