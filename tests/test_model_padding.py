@@ -67,3 +67,24 @@ def test_report_batch_one_against_batch_two(name):
     change = (top_1 - top_2).abs().max().item()
     print(f"{name}: batch 1 vs 2, max change of the top-100 scores {change:.3g}")
     assert torch.isfinite(top_2).all()
+
+
+def test_valid_ratios_place_reference_points_in_the_valid_image():
+    """Hand-worked: a level-0 pixel's centre, normalised by the image's valid size on level 0,
+    lands on every level at the same place of the image, through each level's valid ratio."""
+    from deformable_detr.modeling.encoder_decoder import encoder_reference_points
+    from deformable_detr.modeling.transformer import valid_ratios
+
+    # levels 4x6 and 2x3; the image covers 2x3 of level 0 and 1x2 of level 1
+    masks = [torch.ones(1, 4, 6, dtype=torch.bool), torch.ones(1, 2, 3, dtype=torch.bool)]
+    masks[0][0, :2, :3] = False
+    masks[1][0, :1, :2] = False
+    ratios = torch.stack([valid_ratios(m) for m in masks], 1)  # (1, L, 2) as (w, h)
+    torch.testing.assert_close(ratios, torch.tensor([[[0.5, 0.5], [2 / 3, 0.5]]]))
+    refs = encoder_reference_points([(4, 6), (2, 3)], ratios)  # (1, S, L, 2)
+    # level-0 pixel (row 0, col 1): centre (1.5, 0.5) over the valid size (3, 2) = (0.5, 0.25)
+    expected = torch.tensor([[0.5 * 0.5, 0.25 * 0.5], [0.5 * 2 / 3, 0.25 * 0.5]])
+    torch.testing.assert_close(refs[0, 1], expected)
+    # level-1 pixel (row 0, col 0): centre (0.5, 0.5) over the valid size (2, 1) = (0.25, 0.5)
+    expected = torch.tensor([[0.25 * 0.5, 0.5 * 0.5], [0.25 * 2 / 3, 0.5 * 0.5]])
+    torch.testing.assert_close(refs[0, 24], expected)
