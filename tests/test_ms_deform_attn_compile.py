@@ -85,3 +85,17 @@ def test_export_captures_the_operator():
         ms_deform_attn(other_value, SHAPES, STARTS, other_loc, other_weights),
         rtol=0, atol=0,
     )
+
+
+def test_meta_tensors_get_the_fake_kernel():
+    """Meta tensors carry no values for the reference to read: the op and the module give the
+    output's shape and dtype through the fake kernel, without a fallback to the reference."""
+    value, loc, weights = (t.to("meta") for t in inputs())
+    out = ms_deform_attn(value, SHAPES.to("meta"), STARTS.to("meta"), loc, weights)
+    assert out.device.type == "meta" and out.shape == (2, 7, 16) and out.dtype == torch.float32
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=3).to("meta")
+    query = torch.empty(2, 7, 16, device="meta")
+    reference = torch.empty(2, 7, 2, 2, device="meta")
+    memory = torch.empty(2, S, 16, device="meta")
+    out = module(query, reference, memory, SHAPES.to("meta"), STARTS.to("meta"))
+    assert out.device.type == "meta" and out.shape == (2, 7, 16)

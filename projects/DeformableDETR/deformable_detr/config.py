@@ -54,6 +54,13 @@ def add_deformable_detr_config(cfg):
     c.TWO_STAGE = False
     # Number of encoder proposals kept in two-stage mode (the released model keeps NUM_QUERIES).
     c.TWO_STAGE_NUM_PROPOSALS = 300
+    # At test time, run the backbone and the neck on every image at its own size (images of one
+    # size together) and pad the features, not the pixels, so that an image's detections do not
+    # depend on the other images of its batch (the released model's do: its convolutions and
+    # GroupNorm see the padding). Equal to the released computation at batch 1. False: the
+    # released padded batch, e.g. to reproduce its evaluation at 2 images per GPU. Training
+    # always runs on the padded batch, as released.
+    c.BATCH_INVARIANT_INFERENCE = True
     # Losses on every decoder layer's predictions, not only the last.
     c.AUX_LOSS = True
     # Losses computed by the set criterion, by name: "labels" (sigmoid focal), "boxes" (L1 and

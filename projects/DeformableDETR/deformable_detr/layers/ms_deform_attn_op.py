@@ -40,7 +40,9 @@ def _kernel_device_types():
     if not extension_available():
         return frozenset()
     has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
-    return frozenset(t for t in ("cpu", "cuda") if has_kernel(_OP_NAME, t.upper()))
+    compiled = {t for t in ("cpu", "cuda") if has_kernel(_OP_NAME, t.upper())}
+    # meta tensors carry no data for the reference to read; the fake kernel gives their shapes
+    return frozenset(compiled | {"meta"})
 
 
 # Read once, so that torch.compile traces kernel_available as constants.
@@ -48,7 +50,8 @@ _KERNEL_DEVICE_TYPES = _kernel_device_types()
 
 
 def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a compiled kernel exists for tensors of this device and dtype."""
+    """Whether a compiled kernel exists for tensors of this device and dtype (for meta tensors:
+    the fake kernel, which gives the output's shape and dtype)."""
     return torch.device(device).type in _KERNEL_DEVICE_TYPES and dtype in _KERNEL_DTYPES
 
 

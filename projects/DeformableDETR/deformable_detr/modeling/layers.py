@@ -9,15 +9,24 @@ from torch import nn
 
 from ..layers import MSDeformAttn
 
-__all__ = ["DeformableEncoderLayer", "DeformableDecoderLayer", "activation_fn"]
+__all__ = ["ACTIVATIONS", "DeformableEncoderLayer", "DeformableDecoderLayer", "activation_fn"]
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 
 
 def activation_fn(name: str):
     """The FFN activation by name: "relu", "gelu" or "glu"."""
-    table = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-    if name not in table:
-        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
-    return table[name]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def ffn_layers(d_model: int, d_ffn: int, activation: str):
+    """The feed-forward network's two Linears and activation; GLU halves the hidden width, so
+    the second Linear takes d_ffn / 2 features then."""
+    hidden_out = d_ffn // 2 if activation == "glu" else d_ffn
+    return nn.Linear(d_model, d_ffn), activation_fn(activation), nn.Linear(hidden_out, d_model)
 
 
 def with_pos(x: torch.Tensor, pos):
@@ -34,10 +43,8 @@ class DeformableEncoderLayer(nn.Module):
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = activation_fn(activation)
+        self.linear1, self.activation, self.linear2 = ffn_layers(d_model, d_ffn, activation)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
@@ -71,10 +78,8 @@ class DeformableDecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = activation_fn(activation)
+        self.linear1, self.activation, self.linear2 = ffn_layers(d_model, d_ffn, activation)
         self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 

@@ -17,8 +17,10 @@ from torchvision.ops import box_convert
 from ..layers import PositionEmbeddingSine
 from .box_head import MLP
 from .criterion import SetCriterion
+from .input_checks import check_batched_inputs
 from .matcher import HungarianMatcher
 from .neck import build_neck
+from .per_image import features_per_image
 from .transformer import build_transformer
 
 __all__ = ["DeformableDETR"]
@@ -30,14 +32,28 @@ class DeformableDETR(nn.Module):
 
     Training returns the weighted losses; inference returns, per image, the top
     `detections_per_image` (query, class) pairs by sigmoid score as Instances in the original
-    image size (no NMS).
+    image size (no NMS). With `batch_invariant_inference` (the default) the backbone and the
+    neck see each image at its own size at test time, so that its detections do not depend on
+    the other images of its batch; training always runs on the padded batch, as released.
     """
 
     @configurable
     def __init__(self, *, backbone, neck, position_embedding, transformer, criterion,
                  num_classes: int, num_queries: int, aux_loss: bool, with_box_refine: bool,
-                 two_stage: bool, pixel_mean, pixel_std, detections_per_image: int = 100):
+                 two_stage: bool, pixel_mean, pixel_std, detections_per_image: int = 100,
+                 batch_invariant_inference: bool = True):
         super().__init__()
+        for name, value in (("num_classes", num_classes), ("num_queries", num_queries),
+                            ("detections_per_image", detections_per_image)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if len(pixel_mean) != len(pixel_std) or not pixel_mean:
+            raise ValueError(f"pixel_mean and pixel_std (MODEL.PIXEL_MEAN / PIXEL_STD) need one "
+                             f"value per image channel each, got {list(pixel_mean)} and "
+                             f"{list(pixel_std)}")
+        if not all(math.isfinite(s) and s > 0 for s in pixel_std):
+            raise ValueError(f"pixel_std (MODEL.PIXEL_STD) must be finite and > 0, got "
+                             f"{list(pixel_std)}")
         self.backbone = backbone
         self.neck = neck
         self.position_embedding = position_embedding
@@ -47,6 +63,7 @@ class DeformableDETR(nn.Module):
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
         self.detections_per_image = detections_per_image
+        self.batch_invariant_inference = batch_invariant_inference
         hidden = transformer.d_model
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden * 2)
@@ -81,6 +98,9 @@ class DeformableDETR(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.DEFORMABLE_DETR
+        if cfg.INPUT.FORMAT in ("RGB", "BGR") and len(cfg.MODEL.PIXEL_MEAN) != 3:
+            raise ValueError(f"MODEL.PIXEL_MEAN must have 3 values for INPUT.FORMAT "
+                             f"{cfg.INPUT.FORMAT!r} (one per channel), got {cfg.MODEL.PIXEL_MEAN}")
         backbone = build_backbone(cfg)
         matcher = HungarianMatcher(
             cost_class=c.SET_COST_CLASS, cost_bbox=c.SET_COST_BBOX, cost_giou=c.SET_COST_GIOU,
@@ -105,6 +125,7 @@ class DeformableDETR(nn.Module):
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
             pixel_std=cfg.MODEL.PIXEL_STD,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            batch_invariant_inference=c.BATCH_INVARIANT_INFERENCE,
         )
 
     @property
@@ -129,12 +150,15 @@ class DeformableDETR(nn.Module):
         """The network's raw outputs: "pred_logits" (N, Q, K), "pred_boxes" (N, Q, 4) normalised
         cxcywh of the last layer; "aux_outputs" for the earlier layers; "enc_outputs" for the
         two-stage proposals."""
-        features = self.backbone(images.tensor)
-        srcs, masks = self.neck(features, mask)
+        invariant = self.batch_invariant_inference and not self.training
+        if invariant:
+            srcs, masks = features_per_image(self.backbone, self.neck, images, mask)
+        else:
+            srcs, masks = self.neck(self.backbone(images.tensor), mask)
         pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
         query_embed = None if self.two_stage else self.query_embed.weight
         out = self.transformer(srcs, masks, pos, query_embed, self.class_embed, self.bbox_embed,
-                               refine=self.with_box_refine)
+                               refine=self.with_box_refine, rank_padding=not invariant)
         hs, boxes = out["hs"], out["boxes"]  # (D, N, Q, C), (D, N, Q, 4)
         logits = [head(h) for head, h in zip(self.class_embed, hs)]  # D x (N, Q, K)
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
@@ -155,6 +179,7 @@ class DeformableDETR(nn.Module):
         Returns:
             training: dict of weighted losses; inference: list of {"instances": Instances}.
         """
+        check_batched_inputs(batched_inputs, len(self.pixel_mean), self.training)
         images, mask = self.preprocess_image(batched_inputs)
         outputs = self.predict(images, mask)
         if self.training:
@@ -172,8 +197,6 @@ class DeformableDETR(nn.Module):
         normalised by the image's own (unpadded) size."""
         targets = []
         for inputs, (h, w) in zip(batched_inputs, image_sizes):
-            if "instances" not in inputs:
-                raise ValueError("training needs 'instances' in every input dict")
             gt = inputs["instances"].to(self.device)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
             boxes = box_convert(gt.gt_boxes.tensor / scale, "xyxy", "cxcywh")

@@ -63,6 +63,14 @@ class DeformableDETRNeck(nn.Module):
             raise ValueError(
                 f"in_features {missing} are not backbone outputs; available: {list(input_shape)}"
             )
+        strides = [input_shape[f].stride for f in in_features]
+        for (f0, s0), (f1, s1) in zip(zip(in_features, strides), zip(in_features[1:], strides[1:])):
+            if s0 is not None and s1 is not None and s1 < s0:
+                # extra levels continue from the last map, and level embeddings are per position
+                raise ValueError(
+                    f"in_features must go from high to low resolution (non-decreasing stride), "
+                    f"got {in_features} with strides {strides}: {f1!r} (stride {s1}) comes after "
+                    f"{f0!r} (stride {s0})")
         if not isinstance(hidden_dim, int) or hidden_dim < 32 or hidden_dim % 32:
             raise ValueError(
                 f"hidden_dim must be a positive multiple of 32 (GroupNorm groups), "

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers import MSDeformAttn
 from .encoder_decoder import DeformableDecoder, DeformableEncoder
+from .layers import ACTIVATIONS
 from .two_stage import encoder_proposals, proposal_pos_embed
 
 __all__ = ["TRANSFORMER_REGISTRY", "DeformableTransformer", "build_transformer", "valid_ratios"]
@@ -33,6 +34,30 @@ def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([valid_w.float() / W, valid_h.float() / H], -1)
 
 
+# (argument, its key under MODEL.DEFORMABLE_DETR, least value) of the transformer's sizes
+_SIZES = (
+    ("d_model", "HIDDEN_DIM", 1), ("nhead", "NHEADS", 1), ("num_encoder_layers", "ENC_LAYERS", 0),
+    ("num_decoder_layers", "DEC_LAYERS", 1), ("dim_feedforward", "DIM_FEEDFORWARD", 1),
+    ("num_feature_levels", "NUM_FEATURE_LEVELS", 1), ("enc_n_points", "ENC_N_POINTS", 1),
+    ("dec_n_points", "DEC_N_POINTS", 1), ("two_stage_num_proposals", "TWO_STAGE_NUM_PROPOSALS", 1),
+)
+
+
+def _check_sizes(**sizes):
+    for name, key, least in _SIZES:
+        value = sizes[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} (MODEL.DEFORMABLE_DETR.{key}) must be an int >= {least}, "
+                             f"got {value!r}")
+    d_model, nhead = sizes["d_model"], sizes["nhead"]
+    if d_model % nhead:
+        raise ValueError(f"d_model (HIDDEN_DIM) must be a multiple of nhead (NHEADS), got "
+                         f"{d_model} and {nhead}")
+    if d_model % 4:
+        # the position encodings give each of 2 (pixels) or 4 (boxes) coordinates sin/cos pairs
+        raise ValueError(f"d_model (HIDDEN_DIM) must be a multiple of 4, got {d_model}")
+
+
 @TRANSFORMER_REGISTRY.register()
 class DeformableTransformer(nn.Module):
     @configurable
@@ -40,6 +65,18 @@ class DeformableTransformer(nn.Module):
                  dim_feedforward=1024, dropout=0.1, activation="relu", num_feature_levels=4,
                  enc_n_points=4, dec_n_points=4, two_stage=False, two_stage_num_proposals=300):
         super().__init__()
+        _check_sizes(d_model=d_model, nhead=nhead, num_encoder_layers=num_encoder_layers,
+                     num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward,
+                     num_feature_levels=num_feature_levels, enc_n_points=enc_n_points,
+                     dec_n_points=dec_n_points, two_stage_num_proposals=two_stage_num_proposals)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout (DROPOUT) must be in [0, 1), got {dropout!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation (ACTIVATION) must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        if activation == "glu" and dim_feedforward % 2:
+            raise ValueError(f"dim_feedforward (DIM_FEEDFORWARD) must be even with the GLU "
+                             f"activation, which halves it; got {dim_feedforward}")
         self.d_model = d_model
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
@@ -85,8 +122,8 @@ class DeformableTransformer(nn.Module):
 
     def forward(self, srcs: List[torch.Tensor], masks: List[torch.Tensor],
                 pos_embeds: List[torch.Tensor], query_embed: Optional[torch.Tensor],
-                class_heads: nn.ModuleList, box_heads: nn.ModuleList, refine: bool
-                ) -> Dict[str, torch.Tensor]:
+                class_heads: nn.ModuleList, box_heads: nn.ModuleList, refine: bool,
+                rank_padding: bool = True) -> Dict[str, torch.Tensor]:
         """
         Args:
             srcs, pos_embeds: L tensors (N, C, H_l, W_l); masks: L bools (N, H_l, W_l), True at
@@ -95,6 +132,9 @@ class DeformableTransformer(nn.Module):
             class_heads, box_heads: D heads for the decoder layers, plus (two-stage) one more for
                 the encoder proposals.
             refine: iterative box refinement.
+            rank_padding: two-stage: whether proposals on padded pixels compete for the top-k
+                (as released; they all share one score, that of a zeroed memory), so that an
+                image's queries depend on its batch. False keeps them out.
         Returns:
             dict with "hs" (D, N, Q, C) and "boxes" (D, N, Q, 4); in two-stage mode also
             "enc_logits" (N, S, K) and "enc_boxes" (N, S, 4) of every encoder proposal.
@@ -124,11 +164,16 @@ class DeformableTransformer(nn.Module):
             out["enc_logits"], out["enc_boxes"] = enc_logits, enc_coords.sigmoid()
             # proposals are ranked by their first class score (class-agnostic in training)
             topk = min(self.two_stage_num_proposals, enc_logits.shape[1])
-            topk_index = torch.topk(enc_logits[..., 0], topk, dim=1)[1]  # (N, Q)
+            scores = enc_logits[..., 0]  # (N, S)
+            if not rank_padding:
+                scores = scores.masked_fill(mask_flat, float("-inf"))
+            topk_index = torch.topk(scores, topk, dim=1)[1]  # (N, Q)
             topk_coords = torch.gather(
                 enc_coords, 1, topk_index.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference = topk_coords.sigmoid()  # (N, Q, 4)
-            pos_trans = self.pos_trans_norm(self.pos_trans(proposal_pos_embed(topk_coords)))
+            # C / 2 features per box coordinate: 2C, as pos_trans takes (released: 128 of 256)
+            pos_trans = self.pos_trans_norm(
+                self.pos_trans(proposal_pos_embed(topk_coords, num_pos_feats=C // 2)))
             query_pos, tgt = torch.split(pos_trans, C, dim=2)
         else:
             # (Q, 2C) -> (Q, C) twice -> (N, Q, C)
