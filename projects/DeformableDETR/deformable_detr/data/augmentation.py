@@ -4,7 +4,10 @@ Training: horizontal flip; then, with probability 1/2 each, either a multi-scale
 resize to one of INPUT.RESIZE_BEFORE_CROP, a random crop (INPUT.CROP) and the multi-scale resize.
 Test: a single resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
 Resizes round as the release does (DetrResize), so that the same image gets the same size.
+The INPUT keys are checked once, here: a bad size is a config error naming the key, never an
+error blamed on the images later.
 """
+import numbers
 import sys
 from typing import List, Sequence, Tuple
 
@@ -12,7 +15,8 @@ import numpy as np
 from detectron2.data import transforms as T
 from PIL import Image
 
-__all__ = ["DetrResize", "RandomChoice", "build_detr_augmentation", "detr_resized_size"]
+__all__ = ["DetrResize", "RandomChoice", "build_detr_augmentation", "check_input_config",
+           "detr_resized_size"]
 
 
 def detr_resized_size(h: int, w: int, short: int, max_size: int) -> Tuple[int, int]:
@@ -63,13 +67,74 @@ class RandomChoice(T.Augmentation):
         return f"RandomChoice({self.choices})"
 
 
+def _is_positive_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+
+
+def _is_fraction(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v <= 1
+
+
+def _require(ok: bool, key: str, expected: str, got) -> None:
+    if not ok:
+        raise ValueError(f"INPUT.{key} must be {expected}, got {got!r}")
+
+
+def _check_sizes(key: str, sizes) -> None:
+    _require(isinstance(sizes, (list, tuple)) and len(sizes) > 0
+             and all(_is_positive_int(s) for s in sizes),
+             key, "a non-empty list of positive ints (shorter-side lengths in pixels)", sizes)
+
+
+def _check_crop(crop) -> None:
+    """The rules of Detectron2's RandomCrop for each type, which it checks only while cropping
+    (an image smaller than the crop fails with "Shape computation in RandomCrop has bugs")."""
+    types = ("relative_range", "relative", "absolute", "absolute_range")
+    _require(crop.TYPE in types, "CROP.TYPE", f"one of {types}", crop.TYPE)
+    size = crop.SIZE
+    _require(isinstance(size, (list, tuple)) and len(size) == 2, "CROP.SIZE", "2 numbers", size)
+    if crop.TYPE.startswith("relative"):
+        # relative_range draws each fraction from [SIZE[i], 1]: above 1 the crop outgrows the image
+        _require(all(_is_fraction(s) for s in size), "CROP.SIZE",
+                 f"2 fractions of the image's (height, width) in (0, 1] for CROP.TYPE "
+                 f"{crop.TYPE!r} (pixel sizes need CROP.TYPE 'absolute' or 'absolute_range')", size)
+    elif crop.TYPE == "absolute":
+        _require(all(_is_positive_int(s) for s in size), "CROP.SIZE",
+                 "2 positive ints, the crop's (height, width) in pixels, for CROP.TYPE 'absolute'",
+                 size)
+    else:
+        _require(all(_is_positive_int(s) for s in size) and size[0] <= size[1], "CROP.SIZE",
+                 "2 positive ints (low, high) with low <= high, the range in pixels of the crop's "
+                 "height and width, for CROP.TYPE 'absolute_range'", size)
+
+
+def check_input_config(cfg, is_train: bool) -> None:
+    """Raises ValueError naming the first INPUT key (of those the augmentation uses) that is
+    wrong, with what it must be and what it is."""
+    inp = cfg.INPUT
+    if not is_train:
+        _require(_is_positive_int(inp.MIN_SIZE_TEST), "MIN_SIZE_TEST", "a positive int",
+                 inp.MIN_SIZE_TEST)
+        _require(_is_positive_int(inp.MAX_SIZE_TEST), "MAX_SIZE_TEST", "a positive int",
+                 inp.MAX_SIZE_TEST)
+        return
+    _require(inp.MIN_SIZE_TRAIN_SAMPLING == "choice", "MIN_SIZE_TRAIN_SAMPLING",
+             "'choice' (DETR's augmentation picks sizes from a list)", inp.MIN_SIZE_TRAIN_SAMPLING)
+    _check_sizes("MIN_SIZE_TRAIN", inp.MIN_SIZE_TRAIN)
+    _require(_is_positive_int(inp.MAX_SIZE_TRAIN), "MAX_SIZE_TRAIN", "a positive int",
+             inp.MAX_SIZE_TRAIN)
+    flips = ("none", "horizontal", "vertical")
+    _require(inp.RANDOM_FLIP in flips, "RANDOM_FLIP", f"one of {flips}", inp.RANDOM_FLIP)
+    if inp.CROP.ENABLED:
+        _check_sizes("RESIZE_BEFORE_CROP", inp.RESIZE_BEFORE_CROP)
+        _check_crop(inp.CROP)
+
+
 def build_detr_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     """The augmentations of the released models (see the module docstring)."""
+    check_input_config(cfg, is_train)
     if not is_train:
         return [DetrResize([cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)]
-    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING != "choice":
-        raise ValueError("DETR's augmentation picks sizes from a list: INPUT.MIN_SIZE_TRAIN_SAMPLING"
-                         f" must be 'choice', got {cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING!r}")
     resize = DetrResize(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN)
     augs = []
     if cfg.INPUT.RANDOM_FLIP != "none":
