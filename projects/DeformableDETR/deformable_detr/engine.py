@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import DetrDatasetMapper
+from .data.coco_checks import check_coco_datasets
 from .solver import build_optimizer
 
 __all__ = ["Trainer", "WeightsCheckpointer", "create_ddp_model"]
@@ -51,13 +52,17 @@ class WeightsCheckpointer(DetectionCheckpointer):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with this project's optimizer, mapper, evaluator and DDP."""
+    """DefaultTrainer with this project's optimizer, mapper, evaluator and DDP; the COCO json of
+    the datasets is checked (data/coco_checks.py) before anything is built or run."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except for the DDP wrapper (see create_ddp_model).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        # a broken test json would otherwise surface at the first evaluation, after training
+        check_coco_datasets(cfg.DATASETS.TRAIN)
+        check_coco_datasets(cfg.DATASETS.TEST, require_annotations=False)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -88,4 +93,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        evaluator = COCOEvaluator(dataset_name, output_dir=output_folder)
+        # pycocotools >= 2.0.7 copies the ground truth's "info" into the results (COCO.loadRes)
+        # and raises KeyError without one, after all of inference; nothing reads it, and many
+        # COCO json files (which Detectron2 loads fine) have none, so an empty one is correct.
+        evaluator._coco_api.dataset.setdefault("info", {})
+        return evaluator
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, after checking the test datasets' COCO json (once per file
+        version: a periodic evaluation does not read it again)."""
+        check_coco_datasets(cfg.DATASETS.TEST, require_annotations=False)
+        return super().test(cfg, model, evaluators)

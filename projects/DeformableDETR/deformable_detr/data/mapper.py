@@ -1,16 +1,32 @@
 """Detectron2's DatasetMapper with DETR's augmentation, and clear handling of bad inputs.
 
 - A missing image file is an error that names it (usually a wrong image root).
-- An image that cannot be decoded is skipped with a warning: the mapper returns None and
-  Detectron2's dataset wrapper draws another sample.
-- Boxes of zero size, or outside the image after clipping, are dropped (Detectron2's
-  filter_empty_instances) and counted in a periodic warning.
+- An image that cannot be decoded is, in training, skipped with a warning that counts them: the
+  mapper returns None and Detectron2's dataset wrapper draws another sample. In evaluation it is
+  an error naming the file: a replacement would count another image's predictions twice.
+- Only reading the image is guarded: any other error (a config error, a bug) propagates.
+- Malformed boxes (not 4 finite numbers, width or height <= 0 in their own bbox_mode) are
+  dropped before any transform, never rewritten: Detectron2's transform_instance_annotations
+  would turn XYWH [50, 10, -20, 20] into [30, 10, 50, 30] and clip an infinite side to the edge.
+- Boxes that are empty or outside the image after augmentation are dropped (Detectron2's
+  filter_empty_instances). Every dropped box is counted, per reason, in a periodic warning.
 - Images without objects are kept (they teach the model to predict nothing).
+
+Image: (3, H, W) uint8 in cfg.INPUT.FORMAT. Boxes: (4,) per annotation, in its bbox_mode.
 """
+import collections
+import copy
 import logging
+import math
+import numbers
 import os
 
+import numpy as np
+import torch
 from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
 from detectron2.utils.logger import log_every_n_seconds
 
 from .augmentation import build_detr_augmentation
@@ -19,31 +35,89 @@ __all__ = ["DetrDatasetMapper"]
 
 logger = logging.getLogger(__name__)
 
+NOT_FOUR_FINITE = "not 4 finite numbers"
+NOT_POSITIVE = "width or height <= 0"
+EMPTY_AFTER_AUG = "empty or outside the image after augmentation"
+
+
+def _box_problem(anno) -> str:
+    """Why the annotation's box is malformed (one of the reasons above), or "" if it is not."""
+    box = anno.get("bbox")
+    if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4 or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            for v in box):
+        return NOT_FOUR_FINITE
+    mode = BoxMode(anno["bbox_mode"])
+    if mode == BoxMode.XYWH_ABS:
+        w, h = box[2], box[3]
+    elif mode == BoxMode.XYXY_ABS:
+        w, h = box[2] - box[0], box[3] - box[1]
+    else:  # relative and rotated modes: Detectron2's transforms do not support them either
+        raise ValueError(f"annotation bbox_mode must be BoxMode.XYWH_ABS or XYXY_ABS, got {mode!r}"
+                         f" (annotation {anno.get('id', '')!r})")
+    return NOT_POSITIVE if w <= 0 or h <= 0 else ""
+
 
 class DetrDatasetMapper(DatasetMapper):
     """A DatasetMapper built as `DetrDatasetMapper(cfg, is_train)`: returns Detectron2's dict with
     "image" (3, H, W) uint8 in cfg.INPUT.FORMAT and, in training, "instances" (gt_boxes,
-    gt_classes)."""
+    gt_classes). Counts (per worker process) what it drops: `dropped` (boxes, per reason),
+    `skipped_images`."""
 
     def __init__(self, cfg, is_train: bool = True):
         super().__init__(cfg, is_train, augmentations=build_detr_augmentation(cfg, is_train))
-        self.dropped_boxes = 0
+        self.dropped = collections.Counter()
+        self.skipped_images = 0
+
+    @property
+    def dropped_boxes(self) -> int:
+        return sum(self.dropped.values())
+
+    def dropped_summary(self) -> str:
+        """The periodic warning's text: how many boxes were dropped so far, for which reason."""
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.dropped.items()) if n)
+        return f"{self.dropped_boxes} boxes dropped so far ({reasons})"
 
     def __call__(self, dataset_dict):
+        # DatasetMapper.__call__ minus semantic segmentation and proposals (DETR uses neither),
+        # so that the reading of the image alone is guarded
         path = dataset_dict["file_name"]
         if not os.path.exists(path):
             raise FileNotFoundError(f"image {path!r} of the dataset does not exist")
         try:
-            out = super().__call__(dataset_dict)
+            image = utils.read_image(path, format=self.image_format)
         except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for broken files
-            logger.warning(f"skipping image {path!r}, which cannot be read: {e}")
+            if not self.is_train:
+                raise ValueError(
+                    f"image {path!r} cannot be read ({e}); evaluation does not skip images, "
+                    f"since another image drawn in its place would be counted twice: repair "
+                    f"the file or remove it from the dataset") from e
+            self.skipped_images += 1
+            logger.warning(f"skipping image {path!r}, which cannot be read ({e}); "
+                           f"{self.skipped_images} images skipped so far")
             return None
-        if self.is_train and "annotations" in dataset_dict:
-            given = sum(1 for a in dataset_dict["annotations"] if a.get("iscrowd", 0) == 0)
-            self.dropped_boxes += given - len(out["instances"])
-            if self.dropped_boxes:
-                log_every_n_seconds(
-                    logging.WARNING,
-                    f"{self.dropped_boxes} boxes dropped so far for zero size or lying outside "
-                    f"the image after augmentation (last: {path!r})", n=60, name=__name__)
-        return out
+        dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict stays as it was
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        annotations = dataset_dict.pop("annotations", None)
+        if self.is_train and annotations is not None:
+            self._map_annotations(dataset_dict, annotations, transforms, image.shape[:2])
+        return dataset_dict
+
+    def _map_annotations(self, dataset_dict, annotations, transforms, image_shape):
+        """Drops malformed boxes, then has Detectron2 transform the rest into "instances"."""
+        # crowd regions are left out by Detectron2 without being transformed
+        objects = [a for a in annotations if a.get("iscrowd", 0) == 0]
+        problems = [_box_problem(a) for a in objects]
+        self.dropped.update(p for p in problems if p)
+        kept = [a for a, p in zip(objects, problems) if not p]
+        dataset_dict["annotations"] = kept
+        self._transform_annotations(dataset_dict, transforms, image_shape)
+        self.dropped[EMPTY_AFTER_AUG] += len(kept) - len(dataset_dict["instances"])
+        if self.dropped_boxes:
+            last = dataset_dict["file_name"]
+            log_every_n_seconds(logging.WARNING, f"{self.dropped_summary()}; last image {last!r}",
+                                n=60, name=__name__)
