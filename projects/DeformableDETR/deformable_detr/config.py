@@ -4,8 +4,10 @@ Defaults are the released multi-scale model's (../shared/reference/official-fact
 backbone, input format and pixel statistics live in Detectron2's own keys and are set by
 configs/Base-DeformableDETR.yaml.
 """
+import os
 from typing import Optional, Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -102,12 +104,38 @@ def add_deformable_detr_config(cfg):
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
 
+class _MappingOnlyYaml(CN):
+    """Detectron2's loading of a config file and its _BASE_ chain (resolved as Detectron2 does),
+    refusing a file that is not a mapping of config keys."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe=False):
+        with cls._open_cfg(filename) as f:
+            content = yaml.safe_load(f)
+        if content is None:
+            raise ValueError(f"config file {filename!r} is empty; expected a mapping of config "
+                             f"keys (KEY: value)")
+        if not isinstance(content, dict):
+            raise ValueError(f"config file {filename!r} must be a mapping of config keys "
+                             f"(KEY: value), got a YAML {type(content).__name__}")
+        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+
 def get_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config with this project's keys, merged with a YAML file (if given)
-    and then with KEY VALUE overrides, as the command-line tools take them."""
+    and then with KEY VALUE overrides, as the command-line tools take them.
+
+    Raises FileNotFoundError when config_file does not exist, ValueError when it or a file of its
+    _BASE_ chain is empty or not a mapping, yaml's ConstructorError when one has Python tags."""
     cfg = get_cfg()
     add_deformable_detr_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config_file {config_file!r} does not exist")
+        # Detectron2 reads an empty file or a YAML list into a TypeError/AttributeError that names
+        # no file: the chain is read once more, checked, before the merge
+        _MappingOnlyYaml.load_yaml_with_base(config_file)
+        # a config file is data: tags that build Python objects would run code
+        cfg.merge_from_file(config_file, allow_unsafe=False)
     cfg.merge_from_list(list(opts))
     return cfg
