@@ -42,9 +42,18 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def cli(argv=None):
+    """Parses the command line (Detectron2's arguments), refuses an evaluation without weights,
+    then trains or evaluates in args.num_gpus processes per machine."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
     cfg = get_config(args.config_file, args.opts)
+    # fvcore's Checkpointer names the latest checkpoint of OUTPUT_DIR in this file
+    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not resumable:
+        parser.error(f"--eval-only needs MODEL.WEIGHTS (or --resume with a last_checkpoint in "
+                     f"OUTPUT_DIR {cfg.OUTPUT_DIR!r}); without it a randomly initialised model "
+                     f"would be evaluated")
     # written once here, not by every process of a multi-process launch
     register_datasets(cfg)
     if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:
@@ -52,3 +61,7 @@ if __name__ == "__main__":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()
