@@ -6,10 +6,17 @@
   python demo.py --config-file ... --video-input clip.mp4 --output out/clip.mp4 --opts ...
 
 Class names come from the metadata of the config's first test dataset.
+
+--output is a folder when several images are given, when it is an existing folder or when it ends
+with a path separator; the folder is created. Each picture keeps its image's path relative to the
+deepest folder all the images share (a/x.jpg and b/x.jpg become OUT/a/x.jpg and OUT/b/x.jpg; one
+folder's images keep their file names). Otherwise --output is the file of the one picture or of
+the video, and its folder is created.
 """
 import argparse
 import glob
 import logging
+import math
 import os
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
@@ -30,13 +37,24 @@ from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 logger = logging.getLogger("deformable_detr.demo")
 
 
+def probability(text):
+    """argparse type: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", help="image files or glob patterns")
     parser.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", help="a folder for images (or a file for one image / video)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+    parser.add_argument("--confidence-threshold", type=probability, default=0.5,
                         help="minimum score of the detections drawn")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs")
@@ -74,30 +92,42 @@ def draw(predictor, metadata, bgr, threshold):
 
 
 def image_paths(patterns):
+    """The files the patterns match, in order, each once."""
     paths = []
     for pattern in patterns:
         matched = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matched:
             raise FileNotFoundError(f"--input {pattern!r} matches no file")
-        paths += matched
-    return paths
+        paths += [os.path.abspath(p) for p in matched]
+    return list(dict.fromkeys(paths))
 
 
-def run_images(predictor, metadata, args):
-    paths = image_paths(args.input)
-    to_folder = len(paths) > 1 or (args.output and os.path.isdir(args.output))
-    if to_folder and args.output:
-        os.makedirs(args.output, exist_ok=True)
-    for path in paths:
+def picture_paths(paths, output):
+    """The file each image's picture goes to (see the module's docstring), their folders created;
+    None for each without --output."""
+    if not output:
+        return [None] * len(paths)
+    if len(paths) > 1 or os.path.isdir(output) or output.endswith(os.sep):
+        shared = os.path.commonpath([os.path.dirname(p) for p in paths])
+        outs = [os.path.join(output, os.path.relpath(p, shared)) for p in paths]
+    else:
+        outs = [output]
+    for out in outs:
+        if not cv2.haveImageWriter(out):
+            raise ValueError(f"--output: OpenCV has no image writer for {out!r} (its extension)")
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    return outs
+
+
+def run_images(predictor, metadata, paths, outs, threshold):
+    for path, out in zip(paths, outs):
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"cannot read {path!r} as an image")
-        picture, n = draw(predictor, metadata, bgr, args.confidence_threshold)
+        picture, n = draw(predictor, metadata, bgr, threshold)
         logger.info(f"{path}: {n} detections")
-        if args.output:
-            out = (os.path.join(args.output, os.path.basename(path)) if to_folder
-                   else args.output)
-            cv2.imwrite(out, picture)
+        if out and not cv2.imwrite(out, picture):
+            raise OSError(f"cannot write the picture of {path!r} to {out!r}")
 
 
 def run_video(predictor, metadata, args):
@@ -116,6 +146,9 @@ def run_video(predictor, metadata, args):
             if writer is None:
                 h, w = picture.shape[:2]
                 writer = cv2.VideoWriter(args.output, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise OSError(f"--output: OpenCV cannot write an mp4v video to "
+                                  f"{args.output!r}")
             writer.write(picture)
         frames += 1
     video.release()
@@ -127,9 +160,16 @@ def run_video(predictor, metadata, args):
 def main(argv=None):
     setup_logger(name="deformable_detr")
     setup_logger(name="fvcore")
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     if bool(args.input) == bool(args.video_input):
-        raise SystemExit("give exactly one of --input and --video-input")
+        parser.error("give exactly one of --input and --video-input")
+    # the outputs are checked (and their folders made) before the model is built
+    if args.input:
+        paths = image_paths(args.input)
+        outs = picture_paths(paths, args.output)
+    elif args.output:
+        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     cfg = get_config(args.config_file, args.opts)
     cfg.freeze()
     if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0].startswith("ddetr_shapes"):
@@ -137,7 +177,7 @@ def main(argv=None):
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     predictor = Predictor(cfg)
     if args.input:
-        run_images(predictor, metadata, args)
+        run_images(predictor, metadata, paths, outs, args.confidence_threshold)
     else:
         run_video(predictor, metadata, args)
 
