@@ -1,4 +1,5 @@
-"""demo.py draws predictions on images (files and globs) and on a short generated video."""
+"""demo.py draws predictions on images (files and globs) and on a short generated video, one
+picture per input, in output folders it creates."""
 import os
 import runpy
 import sys
@@ -7,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cli_cases import QUICKSTART, load_script, val_images, write_video
 from training_cases import REPO
 
 DEMO = os.path.join(REPO, "demo.py")
@@ -21,16 +23,19 @@ def _run_demo(argv):
         sys.argv = old
 
 
-def _val_images(shapes_root, n):
-    folder = os.path.join(shapes_root, "ddetr_shapes_val", "images")
-    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:n]]
+def _count_frames(path):
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    return count
 
 
 def test_demo_draws_pictures_for_images(shapes_root, tmp_path):
-    images = _val_images(shapes_root, 3)
+    images = val_images(shapes_root, 3)
     out = tmp_path / "pictures"
     pattern = os.path.join(os.path.dirname(images[0]), "0000[0-2].jpg")
-    _run_demo(["--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+    _run_demo(["--config-file", QUICKSTART,
                "--input", pattern, "--output", str(out), "--confidence-threshold", "0.0"])
     written = sorted(os.listdir(out))
     assert written == [os.path.basename(p) for p in images]
@@ -43,24 +48,57 @@ def test_demo_draws_pictures_for_images(shapes_root, tmp_path):
 
 
 def test_demo_draws_a_video(shapes_root, tmp_path):
-    video_in = str(tmp_path / "clip.mp4")
-    frames = [cv2.imread(p) for p in _val_images(shapes_root, 4)]
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(video_in, cv2.VideoWriter_fourcc(*"mp4v"), 5, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
+    video_in = tmp_path / "clip.mp4"
+    frames = [cv2.imread(p) for p in val_images(shapes_root, 4)]
+    write_video(video_in, frames)
     video_out = str(tmp_path / "out.mp4")
-    _run_demo(["--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
-               "--video-input", video_in, "--output", video_out, "--confidence-threshold", "0.0"])
-    capture = cv2.VideoCapture(video_out)
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    assert count == len(frames)
+    _run_demo(["--config-file", QUICKSTART,
+               "--video-input", str(video_in), "--output", video_out,
+               "--confidence-threshold", "0.0"])
+    assert _count_frames(video_out) == len(frames)
 
 
 def test_demo_input_that_matches_nothing_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        _run_demo(["--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+        _run_demo(["--config-file", QUICKSTART,
                    "--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path)])
+
+
+def test_demo_keeps_one_picture_per_input_when_file_names_clash(shapes_root, tmp_path):
+    images = val_images(shapes_root, 2)
+    inputs = [tmp_path / "in" / "a" / "x.jpg", tmp_path / "in" / "b" / "x.jpg"]
+    for source, copy in zip(images, inputs):
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes(open(source, "rb").read())
+    out = tmp_path / "pictures"
+    load_script("demo.py").main(["--config-file", QUICKSTART, "--input", *map(str, inputs),
+                                 "--output", str(out), "--confidence-threshold", "0.0"])
+    written = sorted(os.path.relpath(os.path.join(d, f), out)
+                     for d, _, files in os.walk(out) for f in files)
+    assert written == [os.path.join("a", "x.jpg"), os.path.join("b", "x.jpg")]
+    a, b = (cv2.imread(str(out / name)) for name in written)
+    # each picture is its own input's: the two inputs differ, and so do their pictures
+    assert not np.array_equal(cv2.imread(images[0]), cv2.imread(images[1]))
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("output", ["new/deeper/picture.jpg", "new folder" + os.sep])
+def test_demo_creates_the_folder_of_its_output(shapes_root, tmp_path, output):
+    (image,) = val_images(shapes_root, 1)
+    # os.path.join, not pathlib: it keeps the trailing separator
+    load_script("demo.py").main(["--config-file", QUICKSTART, "--input", image,
+                                 "--output", os.path.join(tmp_path, output)])
+    expected = os.path.join(tmp_path, output)
+    if output.endswith(os.sep):
+        expected = os.path.join(expected, os.path.basename(image))
+    picture = cv2.imread(expected)
+    assert picture is not None and picture.shape == cv2.imread(image).shape
+
+
+def test_demo_creates_the_folder_of_its_video(shapes_root, tmp_path):
+    video_in = tmp_path / "clip.mp4"
+    write_video(video_in, [cv2.imread(p) for p in val_images(shapes_root, 2)])
+    video_out = tmp_path / "new" / "out.mp4"
+    load_script("demo.py").main(["--config-file", QUICKSTART, "--video-input", str(video_in),
+                                 "--output", str(video_out)])
+    assert _count_frames(video_out) == 2
