@@ -1,7 +1,9 @@
 """Deformable DETR (Zhu et al., ICLR 2021) as a Detectron2 project.
 
-Importing the package loads the compiled op (when built) and registers the meta-architecture
-`DeformableDETR`, the backbone builder, the neck and the transformer.
+Importing the package loads the compiled op (when built), registers the meta-architecture
+`DeformableDETR`, the backbone builder, the neck and the transformer, and makes Detectron2's
+DetectionCheckpointer read weights files without running code (see
+checkpoint.install_safe_checkpoint_loading).
 """
 import warnings
 
@@ -10,6 +12,7 @@ import warnings
 # is imported first (as our scripts do).
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
+from .checkpoint import install_safe_checkpoint_loading  # noqa: E402
 from .config import add_deformable_detr_config, get_config  # noqa: E402
 from .layers import (  # noqa: E402
     MSDeformAttn,
@@ -19,6 +22,8 @@ from .layers import (  # noqa: E402
     ms_deform_attn_pytorch,
 )
 from .modeling import DeformableDETR  # noqa: E402
+
+install_safe_checkpoint_loading()
 
 __all__ = [
     "DeformableDETR",

@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
+from .checkpoint import load_detectron2_checkpoint
 from .data import DetrDatasetMapper
 from .data.coco_checks import check_coco_datasets
 from .solver import build_optimizer
@@ -34,9 +35,16 @@ def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class WeightsCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that raises when a weights file shares no parameter with the model
-    (the wrong file, or a checkpoint that needs conversion); partial matches load with
-    Detectron2's warnings, as when fine-tuning with another number of classes."""
+    """DetectionCheckpointer that reads every file with load_detectron2_checkpoint (no code in
+    a .pkl or .pth runs; files that are not checkpoints, or damaged, raise ValueError) and raises
+    when a weights file shares no parameter with the model (the wrong file, or a checkpoint that
+    needs conversion); partial matches load with Detectron2's warnings, as when fine-tuning with
+    another number of classes."""
+
+    def _load_file(self, filename):
+        # explicit, not only through install_safe_checkpoint_loading's process-wide patch: this
+        # checkpointer stays safe even where that patch was undone or overridden
+        return load_detectron2_checkpoint(self, filename)
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)

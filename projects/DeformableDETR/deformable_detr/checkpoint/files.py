@@ -1,44 +1,83 @@
-"""Reading checkpoint files without unpickling arbitrary objects, writing Detectron2 checkpoints,
-and checking a state dict against the layout it should have.
+"""Reading weights files without running code (.pkl with a restricted unpickler, anything else
+with torch.load(weights_only=True)), writing Detectron2 checkpoints, and checking a state dict
+against the layout it should have.
 
-Legend: a state dict maps parameter/buffer names to tensors; a layout maps the same names to the
-shapes (tuples of ints) the tensors must have.
+Legend: a state dict maps parameter/buffer names to tensors (or numpy arrays in .pkl files); a
+layout maps the same names to the shapes (tuples of ints) the tensors must have.
 """
 import os
 import pickle
 import re
-from typing import Dict, Mapping, Sequence, Tuple
+import zipfile
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
+import numpy
 import torch
 
-__all__ = ["Layout", "check_layout", "load_torch_file", "save_detectron2_checkpoint"]
+from .safe_pickle import RefusedPickleError, load_pickle_file
+
+__all__ = [
+    "Layout",
+    "check_layout",
+    "load_torch_file",
+    "load_weights_file",
+    "read_weights_file",
+    "save_detectron2_checkpoint",
+]
 
 Layout = Dict[str, Tuple[int, ...]]
 
 _SHOWN = 6  # names quoted per kind of problem; the rest are counted
 
 
+def _first_bytes(path: str) -> str:
+    # pickle's errors on a file of another kind ("invalid load key", "Memo value not found")
+    # say little; its first bytes show what it is (text, HTML, a zip...)
+    with open(path, "rb") as f:
+        return f"its first bytes are {f.read(32)!r}"
+
+
+def _check_zip_checksums(path: str) -> None:
+    """torch.save writes a zip whose members carry CRC-32 checksums that torch.load never
+    verifies: a file altered after it was written (same size) would load without complaint."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format has no checksums
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path} is a damaged zip (PyTorch) file: {e}") from None
+    if damaged is not None:
+        raise ValueError(
+            f"{path} is damaged: its member {damaged!r} does not match its CRC-32 checksum (the "
+            f"file was altered or corrupted after it was written); refusing to load it")
+
+
 def load_torch_file(path: str, allowed_globals: Sequence[type] = ()):
     """torch.load(path, weights_only=True) onto the CPU, with `allowed_globals` (e.g.
     argparse.Namespace) allow-listed for this call only.
 
-    Raises ValueError when the file is not a PyTorch file, or when it holds an object of any other
-    class: unpickling that could run arbitrary code, so it is refused and never executed.
-    FileNotFoundError and other OSErrors propagate.
+    Raises ValueError when the file is not a PyTorch file, when a member of its zip does not
+    match its checksum, or when it holds an object of any other class: unpickling that could run
+    arbitrary code, so it is refused and never executed. FileNotFoundError and other OSErrors
+    propagate.
     """
+    _check_zip_checksums(path)
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         message = str(e)
         if "Weights only load failed" not in message:
-            raise ValueError(f"{path} is not a PyTorch checkpoint file ({message})") from e
+            raise ValueError(f"{path} is not a PyTorch checkpoint file ({message}; "
+                             f"{_first_bytes(path)})") from e
         # torch's own message suggests weights_only=False: quote only the line saying what stopped
         # the weights-only unpickler
         found = re.search(r"(?:Unsupported|Trying to)[^\n]*", message)
         detail = found.group(0).strip() if found else message.strip().splitlines()[-1]
         if "GLOBAL" not in message and "reduce" not in message:
-            raise ValueError(f"{path} is not a PyTorch checkpoint file ({detail})") from None
+            raise ValueError(f"{path} is not a PyTorch checkpoint file ({detail}; "
+                             f"{_first_bytes(path)})") from None
         allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in allowed_globals)
         raise ValueError(
             f"{path}: refused: the file holds an object that torch.load(weights_only=True) does "
@@ -49,8 +88,64 @@ def load_torch_file(path: str, allowed_globals: Sequence[type] = ()):
     except OSError:
         raise
     except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... on other files
+        raise ValueError(f"{path} is not a PyTorch checkpoint file ({type(e).__name__}: {e}; "
+                         f"{_first_bytes(path)})") from e
+
+
+def read_weights_file(path: str, allowed_globals: Sequence[type] = ()) -> Any:
+    """The object stored in a weights file, read without running code: a .pkl (Detectron2's and
+    Detectron's model zoo) by the restricted unpickler of safe_pickle.py, anything else (.pth,
+    .pyth...) by load_torch_file with `allowed_globals`.
+
+    Raises ValueError naming the file for an empty file, a file of another kind (with its first
+    bytes), a damaged zip, or a refused global (named as module.name). FileNotFoundError and
+    other OSErrors propagate. The object is returned as found: see load_weights_file for one
+    that must hold weights.
+    """
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not a weights file")
+    if not path.endswith(".pkl"):
+        return load_torch_file(path, allowed_globals)
+    try:
+        return load_pickle_file(path)
+    except RefusedPickleError as e:
         raise ValueError(
-            f"{path} is not a PyTorch checkpoint file ({type(e).__name__}: {e})") from e
+            f"{path}: refused to unpickle {e}: a .pkl weights file may hold only dicts, lists, "
+            f"tuples, strings, bytes, numbers and numpy arrays; anything else could run "
+            f"arbitrary code, so nothing in the file was run") from None
+    except OSError:
+        raise
+    except Exception as e:  # pickle raises UnpicklingError, EOFError, KeyError, ValueError...
+        raise ValueError(f"{path} is not a pickle file ({type(e).__name__}: {e}; "
+                         f"{_first_bytes(path)})") from None
+
+
+def _holds_weights(value) -> bool:
+    if isinstance(value, (torch.Tensor, numpy.ndarray)):
+        return True
+    return isinstance(value, Mapping) and any(_holds_weights(v) for v in value.values())
+
+
+def _found(value) -> str:
+    if isinstance(value, Mapping):
+        return f"a dict without any tensor or array (keys: {[str(k) for k in list(value)[:8]]})"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"a value of type {type(value).__name__}: {repr(value)[:60]}"
+
+
+def load_weights_file(path: str) -> Mapping:
+    """read_weights_file(path), which must be a checkpoint: a dict holding tensors or numpy
+    arrays (a state dict, or one under "model", "blobs", "model_state"...).
+
+    Raises ValueError naming the file and what it holds otherwise (a list, a string, a number, a
+    dict without weights), besides read_weights_file's errors.
+    """
+    loaded = read_weights_file(path)
+    if not _holds_weights(loaded):
+        raise ValueError(f"{path} is not a checkpoint: expected a dict of tensors or numpy "
+                         f"arrays (possibly under 'model'), found {_found(loaded)}")
+    return loaded
 
 
 def save_detectron2_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor],

@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from detectron2.data import MetadataCatalog
 
-from .files import check_layout, load_torch_file, save_detectron2_checkpoint
+from .files import check_layout, read_weights_file, save_detectron2_checkpoint
 from .official_layout import (
     ALIAS_PREFIXES,
     BACKBONE_PREFIX,
@@ -49,10 +49,11 @@ _PROFILER_COUNTERS = ("total_ops", "total_params")
 
 
 def load_official_checkpoint(path: str) -> dict:
-    """The released file as a dict with "model", read with torch.load(weights_only=True) and only
-    argparse.Namespace (the stored args) allow-listed. Raises ValueError when the file is not
-    such a checkpoint or holds any other object."""
-    checkpoint = load_torch_file(path, allowed_globals=(argparse.Namespace,))
+    """The released file as a dict with "model", read by read_weights_file (a .pth with
+    torch.load(weights_only=True), only argparse.Namespace, the stored args, allow-listed).
+    Raises ValueError when the file is not such a checkpoint, is damaged or holds any other
+    object."""
+    checkpoint = read_weights_file(path, allowed_globals=(argparse.Namespace,))
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} is not a released Deformable DETR checkpoint: expected a dict "
                          f"with 'model', got {type(checkpoint).__name__}")

@@ -17,7 +17,7 @@ from typing import Dict, Mapping
 import torch
 import torchvision
 
-from .files import Layout, check_layout, load_torch_file, save_detectron2_checkpoint
+from .files import Layout, check_layout, read_weights_file, save_detectron2_checkpoint
 
 __all__ = [
     "convert_torchvision_resnet",
@@ -105,7 +105,7 @@ def convert_torchvision_resnet_file(input_path: str, output_path: str) -> int:
     the backbone only. Loaded as MODEL.WEIGHTS, it initialises the backbone; Detectron2 reports
     the other parameters (neck, transformer, heads) as missing and keeps their initialisation.
     Returns the ResNet depth (set MODEL.RESNETS.DEPTH to it)."""
-    state_dict = load_torch_file(input_path)
+    state_dict = read_weights_file(input_path)
     try:
         converted = convert_torchvision_resnet(state_dict)
     except ValueError as e:
