@@ -172,7 +172,8 @@ def test_config_file_that_is_not_a_mapping_is_named(tmp_path, content, problem):
 def test_empty_base_config_is_named(tmp_path):
     (tmp_path / "base.yaml").write_text("")
     (tmp_path / "child.yaml").write_text('_BASE_: "base.yaml"\nSEED: 3\n')
-    with pytest.raises(ValueError, match=re.escape(repr(str(tmp_path / "base.yaml"))) + " is empty"):
+    base = str(tmp_path / "base.yaml")
+    with pytest.raises(ValueError, match=re.escape(repr(base)) + " is empty"):
         get_config(str(tmp_path / "child.yaml"))
 
 
