@@ -17,3 +17,19 @@ def shapes_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("datasets") / "ddetr_shapes")
     register_shapes_datasets(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers():
+    """Scripts run in-process (demo.main, train_net.cli) call Detectron2's setup_logger, which
+    gives these loggers handlers bound to the test's captured stream and stops their propagation;
+    later tests would then log into a closed stream and caplog would see nothing."""
+    import logging
+
+    names = ("deformable_detr", "detectron2", "d2", "fvcore")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in names}
+    yield
+    for name, (handlers, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
