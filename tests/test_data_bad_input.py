@@ -108,6 +108,9 @@ CROP = ["INPUT.CROP.ENABLED", "True"]
     (["INPUT.MIN_SIZE_TEST", "0"], False, "MIN_SIZE_TEST", "0"),
     (["INPUT.MAX_SIZE_TEST", "-5"], False, "MAX_SIZE_TEST", "-5"),
     (["INPUT.RANDOM_FLIP", "diagonal"], True, "RANDOM_FLIP", "'diagonal'"),
+    # PIL fails on the mode for every image: training would skip them all as unreadable
+    (["INPUT.FORMAT", "rgb"], True, "FORMAT", "'rgb'"),
+    (["INPUT.FORMAT", "RGBA"], False, "FORMAT", "'RGBA'"),
     (CROP + ["INPUT.RESIZE_BEFORE_CROP", "[0, 400]"], True, "RESIZE_BEFORE_CROP", "[0, 400]"),
     (CROP + ["INPUT.CROP.TYPE", "square"], True, "CROP.TYPE", "'square'"),
     # pixel sizes with the default relative_range: "Shape computation in RandomCrop has bugs"

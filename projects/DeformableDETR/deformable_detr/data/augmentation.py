@@ -112,6 +112,10 @@ def check_input_config(cfg, is_train: bool) -> None:
     """Raises ValueError naming the first INPUT key (of those the augmentation uses) that is
     wrong, with what it must be and what it is."""
     inp = cfg.INPUT
+    # Detectron2's read_image converts to these; any other name fails in PIL for every image,
+    # which the training mapper would take for unreadable images and skip them all
+    formats = ("RGB", "BGR", "L", "YUV-BT.601")
+    _require(inp.FORMAT in formats, "FORMAT", f"one of {formats}", inp.FORMAT)
     if not is_train:
         _require(_is_positive_int(inp.MIN_SIZE_TEST), "MIN_SIZE_TEST", "a positive int",
                  inp.MIN_SIZE_TEST)
