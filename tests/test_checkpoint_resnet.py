@@ -10,7 +10,14 @@ import pytest
 import torch
 import torchvision
 
-from checkpoint_cases import RecordingCheckpointer, run_tool, write_code_running_file
+from checkpoint_cases import (
+    RecordingCheckpointer,
+    assert_same_features,
+    random_resnet50,
+    run_tool,
+    torchvision_features,
+    write_code_running_file,
+)
 from deformable_detr.checkpoint import (
     convert_torchvision_resnet,
     convert_torchvision_resnet_file,
@@ -19,37 +26,6 @@ from deformable_detr.checkpoint import (
 from model_cases import build
 
 ALL_LEVELS = ["MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]]
-
-
-def random_resnet50(seed, dilation=False):
-    """torchvision's ResNet-50 in eval mode with random weights and BN statistics."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, dilation])
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.num_batches_tracked.fill_(1000)
-    return model.eval()
-
-
-def torchvision_features(model, x):
-    """{"res2".."res5": the outputs of layer1..layer4}."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    features = {}
-    for k in range(1, 5):
-        x = getattr(model, f"layer{k}")(x)
-        features[f"res{k + 1}"] = x
-    return features
-
-
-def assert_same_features(ours, reference):
-    for name, expected in reference.items():
-        torch.testing.assert_close(ours[name], expected, rtol=1e-5,
-                                   atol=1e-5 * expected.abs().max().item(), msg=name)
 
 
 @pytest.mark.parametrize("torchvision_name, detectron2_name", [

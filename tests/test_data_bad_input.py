@@ -113,8 +113,10 @@ CROP = ["INPUT.CROP.ENABLED", "True"]
     (["INPUT.FORMAT", "RGBA"], False, "FORMAT", "'RGBA'"),
     (CROP + ["INPUT.RESIZE_BEFORE_CROP", "[0, 400]"], True, "RESIZE_BEFORE_CROP", "[0, 400]"),
     (CROP + ["INPUT.CROP.TYPE", "square"], True, "CROP.TYPE", "'square'"),
-    # pixel sizes with the default relative_range: "Shape computation in RandomCrop has bugs"
-    (CROP + ["INPUT.CROP.SIZE", "[384, 600]"], True, "CROP.SIZE", "[384, 600]"),
+    # pixel sizes with Detectron2's default relative_range: "Shape computation in RandomCrop
+    # has bugs"
+    (CROP + ["INPUT.CROP.TYPE", "relative_range", "INPUT.CROP.SIZE", "[384, 600]"], True,
+     "CROP.SIZE", "[384, 600]"),
     (CROP + ["INPUT.CROP.TYPE", "relative", "INPUT.CROP.SIZE", "[0.0, 0.5]"], True,
      "CROP.SIZE", "[0.0, 0.5]"),
     (CROP + ["INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "[0.5, 0.5]"], True,
