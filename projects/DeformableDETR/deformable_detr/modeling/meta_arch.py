@@ -9,6 +9,7 @@ from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
@@ -220,7 +221,8 @@ class DeformableDETR(nn.Module):
         results = []
         for i, (h, w) in enumerate(image_sizes):
             result = Instances((h, w))
-            scale = torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
+            # traceable (torch.tensor would record the traced size as a constant)
+            scale = shapes_to_tensor([w, h, w, h], xyxy.device).to(xyxy.dtype)
             result.pred_boxes = Boxes(xyxy[i] * scale)
             result.scores = scores[i]
             result.pred_classes = labels[i]

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.utils.registry import Registry
 from torch import nn
 
@@ -145,7 +146,10 @@ class DeformableTransformer(nn.Module):
         pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
                               for lvl, p in enumerate(pos_embeds)], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)  # (N, S)
-        spatial_shapes = torch.as_tensor(level_sizes, dtype=torch.long, device=src_flat.device)
+        # from the shapes by traceable ops (torch.as_tensor would record constants), so that an
+        # exported graph keeps the image size dynamic; eagerly the same int64 (L, 2) tensor
+        spatial_shapes = torch.stack(
+            [shapes_to_tensor(list(size), src_flat.device) for size in level_sizes])
         level_start_index = torch.cat(
             [spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
         ratios = torch.stack([valid_ratios(m) for m in masks], 1)  # (N, L, 2)
