@@ -1,0 +1,89 @@
+"""Writing the model as TorchScript (tracing) or ONNX (standard operators), and running the files.
+
+Shapes: H x W the image's size at the test-time resize, K detections.
+"""
+import contextlib
+import io
+import warnings
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .onnx_symbolic import ONNX_OPSET, register_ms_deform_attn_symbolic
+from .wrapper import DetectionExportWrapper
+
+__all__ = ["export_onnx", "export_torchscript", "onnx_bytes", "run_onnx", "run_torchscript",
+           "ONNX_INPUT", "ONNX_OUTPUTS"]
+
+ONNX_INPUT = "image"
+ONNX_OUTPUTS = ("boxes", "scores", "classes")
+Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Silences the tracer's warnings about Python values recorded as constants (the
+    comparisons with the eager model, in the tool and the tests, are what tells whether a trace
+    is right), the notice that the TorchScript-based ONNX exporter is legacy (its successor
+    needs onnxscript, which this project does not install) and torch.jit's deprecation notices
+    (TorchScript is the format asked for)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="`torch.jit.* is deprecated",
+                                category=FutureWarning)
+        yield
+
+
+def _as_numpy(outputs) -> Detections:
+    return tuple(o.detach().cpu().numpy() for o in outputs)
+
+
+@torch.no_grad()
+def export_torchscript(model: nn.Module, image: torch.Tensor, path: str) -> None:
+    """Traces model on image (3, H, W) and saves it to path. The traced module reproduces the
+    eager model at this image size; the size is fixed in the trace."""
+    with _quiet_export():
+        traced = torch.jit.trace(DetectionExportWrapper(model), (image,), check_trace=False)
+        torch.jit.save(traced, path)
+
+
+@torch.no_grad()
+def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
+    """Writes model to path (a file name or a binary file object) as ONNX (opset 17, default-
+    domain operators only): input "image" (3, height, width) with dynamic height and width,
+    outputs "boxes" (K, 4), "scores" (K,), "classes" (K,)."""
+    register_ms_deform_attn_symbolic(ONNX_OPSET)
+    with _quiet_export():
+        torch.onnx.export(
+            DetectionExportWrapper(model), (image,), path, dynamo=False,
+            opset_version=ONNX_OPSET, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
+            dynamic_axes={ONNX_INPUT: {1: "height", 2: "width"},
+                          **{name: {0: "detections"} for name in ONNX_OUTPUTS}})
+
+
+def onnx_bytes(model: nn.Module, image: torch.Tensor) -> bytes:
+    """The ONNX file of export_onnx, in memory."""
+    buffer = io.BytesIO()
+    export_onnx(model, image, buffer)
+    return buffer.getvalue()
+
+
+def run_torchscript(path: str, image: torch.Tensor) -> Detections:
+    """(boxes, scores, classes) of a saved TorchScript export on image (3, H, W)."""
+    with torch.no_grad(), _quiet_export():
+        return _as_numpy(torch.jit.load(path, map_location=image.device)(image))
+
+
+def run_onnx(model_file, image: np.ndarray) -> Detections:
+    """(boxes, scores, classes) of an ONNX export (a path or bytes) on image (3, H, W) float32,
+    with onnxruntime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+    return tuple(session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.asarray(image, np.float32)}))
