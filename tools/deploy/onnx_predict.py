@@ -44,7 +44,7 @@ def probability(text):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx file")
     parser.add_argument("--input", required=True, nargs="+", help="image files")
     parser.add_argument("--output", required=True, help="folder for the pictures")
