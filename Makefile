@@ -35,8 +35,12 @@ test: build
 test-fast: build
 	$(PY) -m pytest tests -q -m "not slow"
 
+# The op against its reference, batch-invariant against padded inference, and the deploy formats
+# end to end (minutes on 2 cores: torch.compile and AOTInductor compile the whole model).
 bench: build
 	$(PY) tools/benchmark_ms_deform_attn.py
+	$(PY) tools/benchmark_batch_invariance.py
+	$(PY) tools/benchmark_deploy.py
 
 # The main job on the built-in data: trains configs/quickstart.yaml on the CPU, evaluates with
 # COCOEvaluator, draws the first val images' predictions and prints AP and the loss curve.
