@@ -107,7 +107,6 @@ def test_symbolic_matches_op():
 
 
 @pytest.mark.parametrize("options, opts, error, match", [
-    (["--format", "aoti"], [], ValueError, "aoti is not supported"),
     (["--format", "onnx"], ["INPUT.FORMAT", "BGR"], ValueError, "INPUT.FORMAT must be 'RGB'"),
     ([], ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN"], ValueError, "META_ARCHITECTURE"),
     (["--sample-image", "missing.jpg"], [], FileNotFoundError, "missing.jpg"),

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Exports a Deformable DETR model to TorchScript or ONNX and checks it against the eager model.
+"""Exports a Deformable DETR model to TorchScript, ONNX or an AOTInductor package and checks it
+against the eager model.
 
   python tools/deploy/export_model.py --config-file configs/ddetr_r50.yaml --output out/ \
       --format onnx --export-method tracing --sample-image img.jpg MODEL.WEIGHTS model.pth
@@ -9,9 +10,13 @@ The interface of Detectron2's tool of this name. The exported model takes one fl
 MAX_SIZE_TEST), and returns boxes (K, 4) xyxy in its pixels, scores (K,) and classes (K,) int64:
 the eager model's top TEST.DETECTIONS_PER_IMAGE. TorchScript is traced at the sample image's size
 and only valid at that size (out/model.ts); ONNX (out/model.onnx, opset 17, default-domain
-operators only) has dynamic height and width. After writing, the tool runs the file (torch.jit.load
-or onnxruntime on the CPU) on the sample image, compares it with the eager model, prints the
-differences and exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the
+operators only) has dynamic height and width. aoti writes an AOTInductor package (out/model.pt2:
+torch.export, then Inductor's compiled C++), static: exported at the sample image's size and only
+valid at that size; running it needs torch and the op's library, not Detectron2
+(torch.ops.load_library("deformable_detr/_C*.so"), or `import deformable_detr`, then
+torch._inductor.aoti_load_package). After writing, the tool runs the file (torch.jit.load,
+onnxruntime on the CPU, or aoti_load_package) on the sample image, compares it with the eager
+model, prints the differences and exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the
 classes differ.
 """
 import argparse
@@ -26,8 +31,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 from deformable_detr import DeformableDETR, get_config  # noqa: E402
 from deformable_detr.data import build_detr_augmentation  # noqa: E402
 from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
-from deformable_detr.export import (compare_detections, export_onnx,  # noqa: E402
-                                    export_torchscript, run_onnx, run_torchscript)
+from deformable_detr.export import (compare_detections, export_aoti,  # noqa: E402
+                                    export_onnx, export_torchscript, run_aoti, run_onnx,
+                                    run_torchscript)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -39,7 +45,7 @@ from PIL import Image  # noqa: E402
 logger = logging.getLogger("deformable_detr.export")
 
 FORMATS = ("torchscript", "onnx", "aoti")
-FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}
 # the random sample's size before the test resize (a 4:3 landscape picture, as COCO's typical)
 RANDOM_IMAGE_SIZE = (480, 640)
 
@@ -49,7 +55,8 @@ def get_parser():
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="folder for the exported file")
     parser.add_argument("--format", choices=FORMATS, default="torchscript",
-                        help="aoti is listed for Detectron2's interface but not supported yet")
+                        help="torchscript and aoti are valid at the sample image's size only; "
+                             "onnx at any size")
     parser.add_argument("--export-method", choices=("tracing",), default="tracing")
     parser.add_argument("--sample-image", metavar="FILE",
                         help="image to trace with and to check the export on; without it, a "
@@ -62,8 +69,6 @@ def get_parser():
 
 def check_exportable(cfg, fmt: str) -> None:
     """Raises ValueError for a format or a config this tool cannot export."""
-    if fmt == "aoti":
-        raise ValueError("--format aoti is not supported yet; use torchscript or onnx")
     if fmt not in FILE_NAMES:
         raise ValueError(f"--format must be one of {sorted(FILE_NAMES)}, got {fmt!r}")
     if cfg.MODEL.META_ARCHITECTURE != "DeformableDETR":
@@ -110,6 +115,9 @@ def main(argv=None) -> int:
     if args.format == "torchscript":
         export_torchscript(model, image, path)
         actual = run_torchscript(path, image)
+    elif args.format == "aoti":
+        export_aoti(model, image, path)
+        actual = run_aoti(path, image)
     else:
         export_onnx(model, image, path)
         actual = run_onnx(path, image.cpu().numpy())

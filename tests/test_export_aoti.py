@@ -1,0 +1,82 @@
+"""Export to an AOTInductor package (.pt2): the package gives the eager model's detections, and
+runs without Detectron2.
+
+The multi-scale and the two-stage variants, with random weights and the depth of
+tests/test_export.py (1 encoder and 2 decoder layers), on CPU. Each test compiles C++ with
+Inductor (about 2 to 3 minutes on 2 cores), hence slow. The package is static: it is checked at
+the size it was exported at (deformable_detr/export/aoti.py says why).
+"""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from deformable_detr.export import compare_detections, export_aoti, run_aoti
+from model_cases import build, image
+
+SHALLOW = ("MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "2")
+SIZE = (256, 320)
+
+# Runs a package in a process where detectron2 and deformable_detr cannot be imported: the op's
+# library, loaded by path, is all the package needs besides torch.
+RUN_WITHOUT_DETECTRON2 = """
+import sys
+import numpy as np
+import torch
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("detectron2", "deformable_detr"):
+            raise ImportError("blocked: " + name)
+
+sys.meta_path.insert(0, Block())
+library, package, image, out = sys.argv[1:]
+torch.ops.load_library(library)
+runner = torch._inductor.aoti_load_package(package)
+with torch.no_grad():
+    outputs = runner(torch.from_numpy(np.load(image)))
+np.savez(out, *[o.numpy() for o in outputs])
+"""
+
+
+def _eager(model, img):
+    with torch.no_grad():
+        inst = model([{"image": img}])[0]["instances"]
+    return inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()
+
+
+def _assert_agree(expected, actual, what):
+    diff = compare_detections(expected, actual)
+    assert diff["ok"], f"{what}: {diff}"
+    assert diff["count"][0] == 100
+
+
+def _op_library():
+    import deformable_detr
+
+    (library,) = glob.glob(os.path.join(os.path.dirname(deformable_detr.__file__), "_C*.so"))
+    return library
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ddetr_r50.yaml", "ddetr_r50_two_stage.yaml"])
+def test_aoti_package_matches_eager(name, tmp_path):
+    model = build(name, SHALLOW).eval()
+    img = image(*SIZE, 0)
+    expected = _eager(model, img)
+    path = export_aoti(model, img, str(tmp_path / "model.pt2"))
+    _assert_agree(expected, run_aoti(path, img), f"{name} aoti")
+
+    np.save(tmp_path / "image.npy", img.numpy())
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_WITHOUT_DETECTRON2, _op_library(), path,
+         str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "out.npz") as out:
+        actual = tuple(out[f"arr_{i}"] for i in range(3))
+    _assert_agree(expected, actual, f"{name} aoti without detectron2")
