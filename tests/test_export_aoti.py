@@ -2,9 +2,10 @@
 runs without Detectron2.
 
 The multi-scale and the two-stage variants, with random weights and the depth of
-tests/test_export.py (1 encoder and 2 decoder layers), on CPU. Each test compiles C++ with
-Inductor (about 2 to 3 minutes on 2 cores), hence slow. The package is static: it is checked at
-the size it was exported at (deformable_detr/export/aoti.py says why).
+tests/test_export.py (1 encoder and 2 decoder layers), on CPU, and export_model.py --format aoti
+end to end. Each test compiles C++ with Inductor (about 1.5 minutes on 2 cores), hence slow.
+The package is static: it is checked at the size it was exported at (deformable_detr/export/
+aoti.py says why).
 """
 import glob
 import os
@@ -16,13 +17,15 @@ import pytest
 import torch
 
 from deformable_detr.export import compare_detections, export_aoti, run_aoti
-from model_cases import build, image
+from cli_cases import load_script
+from model_cases import CONFIG_DIR, build, image
+from ms_deform_attn_cases import requires_extension
 
 SHALLOW = ("MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "2")
 SIZE = (256, 320)
 
 # Runs a package in a process where detectron2 and deformable_detr cannot be imported: the op's
-# library, loaded by path, is all the package needs besides torch.
+# library, loaded by path, is all the package needs besides torch (library "" loads none).
 RUN_WITHOUT_DETECTRON2 = """
 import sys
 import numpy as np
@@ -35,7 +38,8 @@ class Block:
 
 sys.meta_path.insert(0, Block())
 library, package, image, out = sys.argv[1:]
-torch.ops.load_library(library)
+if library:
+    torch.ops.load_library(library)
 runner = torch._inductor.aoti_load_package(package)
 with torch.no_grad():
     outputs = runner(torch.from_numpy(np.load(image)))
@@ -62,6 +66,7 @@ def _op_library():
     return library
 
 
+@requires_extension
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ddetr_r50.yaml", "ddetr_r50_two_stage.yaml"])
 def test_aoti_package_matches_eager(name, tmp_path):
@@ -72,11 +77,33 @@ def test_aoti_package_matches_eager(name, tmp_path):
     _assert_agree(expected, run_aoti(path, img), f"{name} aoti")
 
     np.save(tmp_path / "image.npy", img.numpy())
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_WITHOUT_DETECTRON2, _op_library(), path,
-         str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=120)
+
+    def run_without_detectron2(library):
+        return subprocess.run(
+            [sys.executable, "-c", RUN_WITHOUT_DETECTRON2, library, path,
+             str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
+            capture_output=True, text=True, timeout=120)
+
+    # the package calls the compiled op: it cannot load without it
+    result = run_without_detectron2("")
+    assert result.returncode != 0
+    assert "Could not find schema for deformable_detr::ms_deform_attn" in result.stderr
+    result = run_without_detectron2(_op_library())
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "out.npz") as out:
         actual = tuple(out[f"arr_{i}"] for i in range(3))
     _assert_agree(expected, actual, f"{name} aoti without detectron2")
+
+
+@pytest.mark.slow
+def test_export_tool_aoti(tmp_path, capsys):
+    """export_model.py --format aoti writes model.pt2 and finds it agrees with the eager model
+    (exit 0) on its random sample image, made small by the test resize."""
+    tool = load_script(os.path.join("tools", "deploy", "export_model.py"))
+    out = tmp_path / "out"
+    code = tool.main(["--config-file", os.path.join(CONFIG_DIR, "ddetr_r50.yaml"), "--output",
+                      str(out), "--format", "aoti", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+                      *SHALLOW, "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"])
+    assert code == 0
+    assert "aoti vs eager on (120, 160): 100 detections" in capsys.readouterr().out
+    assert (out / "model.pt2").is_file()

@@ -16,8 +16,8 @@ valid at that size; running it needs torch and the op's library, not Detectron2
 (torch.ops.load_library("deformable_detr/_C*.so"), or `import deformable_detr`, then
 torch._inductor.aoti_load_package). After writing, the tool runs the file (torch.jit.load,
 onnxruntime on the CPU, or aoti_load_package) on the sample image, compares it with the eager
-model, prints the differences and exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the
-classes differ.
+model, prints the differences and exits with status 1 when they exceed 1e-4 in score or 1e-2 px
+in box, or the classes differ.
 """
 import argparse
 import logging
@@ -51,12 +51,12 @@ RANDOM_IMAGE_SIZE = (480, 640)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="folder for the exported file")
     parser.add_argument("--format", choices=FORMATS, default="torchscript",
-                        help="torchscript and aoti are valid at the sample image's size only; "
-                             "onnx at any size")
+                        help="torchscript and aoti (AOTInductor) are static: valid at the sample "
+                             "image's size only; onnx has dynamic height and width")
     parser.add_argument("--export-method", choices=("tracing",), default="tracing")
     parser.add_argument("--sample-image", metavar="FILE",
                         help="image to trace with and to check the export on; without it, a "

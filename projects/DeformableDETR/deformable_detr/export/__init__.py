@@ -1,6 +1,7 @@
 """Export to TorchScript (tracing), ONNX (default-domain operators only) and AOTInductor
-packages (torch.export), and comparison of an export's detections with the eager model's. Nothing here is imported by `import
-deformable_detr`; the ONNX symbolic is registered by export_onnx."""
+packages (torch.export), and comparison of an export's detections with the eager model's.
+Nothing here is imported by `import deformable_detr`; the ONNX symbolic is registered by
+export_onnx."""
 from .aoti import export_aoti, run_aoti
 from .compare import BOX_TOLERANCE_PX, SCORE_TOLERANCE, compare_detections
 from .exporting import (ONNX_INPUT, ONNX_OUTPUTS, export_onnx, export_torchscript, onnx_bytes,

@@ -3,8 +3,11 @@ and running the package.
 
 Shapes: H x W the image's size at the test-time resize, K detections.
 
-Loading a package needs torch and `import deformable_detr` only (which registers the op
-deformable_detr::ms_deform_attn that the compiled code calls); not Detectron2.
+Running a package needs torch and the op's library only, not Detectron2: the compiled code calls
+deformable_detr::ms_deform_attn through the dispatcher, so load
+torch.ops.load_library(".../deformable_detr/_C*.so") (or `import deformable_detr`, which also
+imports Detectron2) before torch._inductor.aoti_load_package; without the op, loading fails with
+"Could not find schema for deformable_detr::ms_deform_attn".
 
 The package is static: exported at one image size, it runs at that size only. torch.export
 cannot keep the size symbolic through the model as written: detectron2's shapes_to_tensor
