@@ -16,11 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from deformable_detr.export import (ONNX_OPSET, compare_detections, export_torchscript,
+from deformable_detr.export import (ONNX_OPSET, compare_detections, eager_detections,
+                                    export_torchscript,
                                     onnx_bytes, register_ms_deform_attn_symbolic, run_onnx,
                                     run_torchscript)
 from deformable_detr.layers import ms_deform_attn
 from cli_cases import load_script
+from export_cases import SHALLOW, assert_agree
 from model_cases import CONFIG_DIR, RELEASED_CONFIGS, build, image
 
 onnx = pytest.importorskip("onnx")
@@ -29,20 +31,9 @@ onnxruntime = pytest.importorskip("onnxruntime")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_TOOL = os.path.join("tools", "deploy", "export_model.py")
 PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
-SHALLOW = ("MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "2")
 SIZES = ((256, 320), (224, 352))  # the traced size, then another for the dynamic ONNX graph
 
 
-def _eager(model, img):
-    with torch.no_grad():
-        inst = model([{"image": img}])[0]["instances"]
-    return inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()
-
-
-def _assert_agree(expected, actual, what):
-    diff = compare_detections(expected, actual)
-    assert diff["ok"], f"{what}: {diff}"
-    assert diff["count"][0] == 100
 
 
 def _domains(graph):
@@ -59,15 +50,15 @@ def _domains(graph):
 def test_exports_match_eager(name, tmp_path):
     model = build(name, SHALLOW).eval()
     images = [image(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
-    expected = [_eager(model, img) for img in images]
+    expected = [eager_detections(model, img) for img in images]
 
     ts_path = str(tmp_path / "model.ts")
     export_torchscript(model, images[0], ts_path)
-    _assert_agree(expected[0], run_torchscript(ts_path, images[0]), f"{name} torchscript")
+    assert_agree(expected[0], run_torchscript(ts_path, images[0]), f"{name} torchscript")
 
     model_bytes = onnx_bytes(model, images[0])
     for img, exp in zip(images, expected):
-        _assert_agree(exp, run_onnx(model_bytes, img.numpy()), f"{name} onnx {tuple(img.shape)}")
+        assert_agree(exp, run_onnx(model_bytes, img.numpy()), f"{name} onnx {tuple(img.shape)}")
     graph = onnx.load_from_string(model_bytes).graph
     assert set(_domains(graph)) <= {"", "ai.onnx"}
 

@@ -14,14 +14,13 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-from deformable_detr.export import compare_detections, export_aoti, run_aoti
+from deformable_detr.export import eager_detections, export_aoti, run_aoti
 from cli_cases import load_script
+from export_cases import SHALLOW, assert_agree
 from model_cases import CONFIG_DIR, build, image
 from ms_deform_attn_cases import requires_extension
 
-SHALLOW = ("MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "2")
 SIZE = (256, 320)
 
 # Runs a package in a process where detectron2 and deformable_detr cannot be imported: the op's
@@ -47,16 +46,6 @@ np.savez(out, *[o.numpy() for o in outputs])
 """
 
 
-def _eager(model, img):
-    with torch.no_grad():
-        inst = model([{"image": img}])[0]["instances"]
-    return inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()
-
-
-def _assert_agree(expected, actual, what):
-    diff = compare_detections(expected, actual)
-    assert diff["ok"], f"{what}: {diff}"
-    assert diff["count"][0] == 100
 
 
 def _op_library():
@@ -72,9 +61,9 @@ def _op_library():
 def test_aoti_package_matches_eager(name, tmp_path):
     model = build(name, SHALLOW).eval()
     img = image(*SIZE, 0)
-    expected = _eager(model, img)
+    expected = eager_detections(model, img)
     path = export_aoti(model, img, str(tmp_path / "model.pt2"))
-    _assert_agree(expected, run_aoti(path, img), f"{name} aoti")
+    assert_agree(expected, run_aoti(path, img), f"{name} aoti")
 
     np.save(tmp_path / "image.npy", img.numpy())
 
@@ -92,7 +81,7 @@ def test_aoti_package_matches_eager(name, tmp_path):
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "out.npz") as out:
         actual = tuple(out[f"arr_{i}"] for i in range(3))
-    _assert_agree(expected, actual, f"{name} aoti without detectron2")
+    assert_agree(expected, actual, f"{name} aoti without detectron2")
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 from deformable_detr import DeformableDETR, get_config  # noqa: E402
 from deformable_detr.data import build_detr_augmentation  # noqa: E402
 from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
-from deformable_detr.export import (compare_detections, export_aoti,  # noqa: E402
+from deformable_detr.export import (compare_detections, eager_detections, export_aoti,  # noqa: E402
                                     export_onnx, export_torchscript, run_aoti, run_onnx,
                                     run_torchscript)
 
@@ -109,9 +109,7 @@ def main(argv=None) -> int:
         logger.warning("no MODEL.WEIGHTS given: exporting an untrained model")
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, FILE_NAMES[args.format])
-    with torch.no_grad():
-        inst = model([{"image": image}])[0]["instances"].to("cpu")
-    expected = (inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy())
+    expected = eager_detections(model, image)
     if args.format == "torchscript":
         export_torchscript(model, image, path)
         actual = run_torchscript(path, image)

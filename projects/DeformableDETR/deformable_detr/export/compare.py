@@ -2,12 +2,13 @@
 
 Shapes: K detections; boxes (K, 4) xyxy in pixels, scores (K,), classes (K,).
 """
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["compare_detections", "SCORE_TOLERANCE", "BOX_TOLERANCE_PX"]
+__all__ = ["compare_detections", "eager_detections", "SCORE_TOLERANCE", "BOX_TOLERANCE_PX"]
 
 SCORE_TOLERANCE = 1e-4
 BOX_TOLERANCE_PX = 1e-2
@@ -47,3 +48,11 @@ def compare_detections(expected: Sequence[np.ndarray], actual: Sequence[np.ndarr
                   ok=classes_agree and score_diff <= SCORE_TOLERANCE
                   and box_diff <= BOX_TOLERANCE_PX)
     return result
+
+
+@torch.no_grad()
+def eager_detections(model, image: torch.Tensor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, scores, classes) of the eager model (in eval mode) on image (3, H, W), on the CPU,
+    as an export returns them."""
+    inst = model([{"image": image}])[0]["instances"].to("cpu")
+    return inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()
