@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Detectron2 into the Python given as $1, unless it already imports.
+# Installs Detectron2 into the Python given as $1, unless it already imports, and timm (below).
 # Detectron2 is not published on PyPI. The PyPI package sal-detectron2==0.7.2 is a wheel of
 # upstream Detectron2's Python code (commit a59f0563); it is tagged for CPython 3.10 only, but
 # its Python code runs on 3.11 and this project uses none of its compiled ops, so we fetch it
@@ -7,6 +7,10 @@
 # carries those).
 set -euo pipefail
 py=${1:-python}
+# Detectron2's Swin, ViT and MViT backbones import DropPath and Mlp from timm, which is on PyPI.
+# Without its dependencies: they serve timm's model hub (huggingface_hub and a dozen packages),
+# which those layers never touch.
+"$py" -m pip install --quiet --no-deps timm==1.0.31
 if "$py" -c "import detectron2" 2>/dev/null; then
   echo "detectron2 already importable: $("$py" -c 'import detectron2; print(detectron2.__file__)')"
   exit 0
