@@ -102,6 +102,68 @@ def add_deformable_detr_config(cfg):
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    _add_backbone_config(cfg)
+
+
+def _add_backbone_config(cfg):
+    """Keys of the backbones that Detectron2 builds only from LazyConfig (modeling/backbones/).
+    Defaults are the ImageNet models each family's converter reads (tools/convert_*.py)."""
+    # Swin Transformer (MODEL.BACKBONE.NAME "build_deformable_detr_swin_backbone"); Swin-T.
+    # Swin-S: DEPTHS [2, 2, 18, 2]; Swin-B: EMBED_DIM 128, NUM_HEADS [4, 8, 16, 32].
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.EMBED_DIM = 96  # width of stage 0; it doubles at each stage
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7  # attention window side, in patches (7: the 224 px files)
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0  # hidden width of the blocks' MLP over their width
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.2  # stochastic depth of the last block (linear from 0)
+    cfg.MODEL.SWIN.OUT_FEATURES = ["p1", "p2", "p3"]  # stages "p0".."p3" (strides 4-32) to output
+    cfg.MODEL.SWIN.FROZEN_STAGES = -1  # -1 none; 0 the patch embedding; k >= 1 stages 0..k-1 too
+
+    # ViTDet's plain ViT with a simple feature pyramid ("build_deformable_detr_vit_backbone");
+    # ViT-B/16 as ViTDet trains it from MAE's ImageNet file.
+    cfg.MODEL.VIT = CN()
+    cfg.MODEL.VIT.IMG_SIZE = 1024  # every image is padded to this square; INPUT.MAX_SIZE_* <= it
+    cfg.MODEL.VIT.PATCH_SIZE = 16  # patch side, the ViT's stride
+    cfg.MODEL.VIT.EMBED_DIM = 768  # width
+    cfg.MODEL.VIT.DEPTH = 12  # blocks
+    cfg.MODEL.VIT.NUM_HEADS = 12  # attention heads
+    cfg.MODEL.VIT.MLP_RATIO = 4.0  # hidden width of the blocks' MLP over their width
+    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1  # stochastic depth of the last block (linear from 0)
+    cfg.MODEL.VIT.WINDOW_SIZE = 14  # side of the windows of the windowed blocks, in patches
+    # blocks with window attention; the others attend globally (ViTDet: 2, 5, 8, 11)
+    cfg.MODEL.VIT.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
+    cfg.MODEL.VIT.USE_REL_POS = True  # relative position biases in attention (ViTDet)
+    cfg.MODEL.VIT.PRETRAIN_IMG_SIZE = 224  # image side of the ImageNet file's position embedding
+    # the pyramid: the ViT's stride-16 map scaled by each factor (2, 1, 0.5: p3, p4, p5)
+    cfg.MODEL.VIT.SCALE_FACTORS = [2.0, 1.0, 0.5]
+    cfg.MODEL.VIT.OUT_CHANNELS = 256  # width of every pyramid map
+
+    # MViTv2 ("build_deformable_detr_mvit_backbone"); MViTv2-T. -S: DEPTH 16,
+    # LAST_BLOCK_INDEXES [0, 2, 13, 15]; -B: DEPTH 24, [1, 4, 20, 23].
+    cfg.MODEL.MVIT = CN()
+    cfg.MODEL.MVIT.EMBED_DIM = 96  # width of stage 2; it doubles at each stage
+    cfg.MODEL.MVIT.DEPTH = 10  # blocks
+    cfg.MODEL.MVIT.NUM_HEADS = 1  # attention heads of stage 2; they double at each stage
+    cfg.MODEL.MVIT.LAST_BLOCK_INDEXES = [0, 2, 7, 9]  # the last block of each of the 4 stages
+    cfg.MODEL.MVIT.DROP_PATH_RATE = 0.2  # stochastic depth of the last block (linear from 0)
+    cfg.MODEL.MVIT.PRETRAIN_IMG_SIZE = 224  # image side the relative positions were trained at
+    cfg.MODEL.MVIT.OUT_FEATURES = ["scale3", "scale4", "scale5"]  # of "scale2".."scale5"
+
+    # RegNet ("build_deformable_detr_regnet_backbone"; frozen up to MODEL.BACKBONE.FREEZE_AT);
+    # RegNetY-4.0GF, pycls' ImageNet model as Detectron2 publishes it.
+    cfg.MODEL.REGNET = CN()
+    cfg.MODEL.REGNET.STEM_WIDTH = 32  # channels of the stem (a stride-2 3x3 conv)
+    cfg.MODEL.REGNET.DEPTH = 22  # blocks over all stages
+    # the widths: w_0 + W_A * j for block j, quantised to powers of W_M times W_0
+    cfg.MODEL.REGNET.W_A = 31.41
+    cfg.MODEL.REGNET.W_0 = 96
+    cfg.MODEL.REGNET.W_M = 2.24
+    cfg.MODEL.REGNET.GROUP_WIDTH = 64  # channels per group of the 3x3 convolutions
+    cfg.MODEL.REGNET.BOTTLENECK_RATIO = 1.0  # bottleneck width over block width
+    cfg.MODEL.REGNET.SE_RATIO = 0.25  # squeeze-excitation width over input width (0: RegNetX)
+    cfg.MODEL.REGNET.NORM = "FrozenBN"  # normalisation of every conv (Detectron2's get_norm)
+    cfg.MODEL.REGNET.OUT_FEATURES = ["s2", "s3", "s4"]  # of stages "s1".."s4" (strides 4-32)
 
 
 class _MappingOnlyYaml(CN):

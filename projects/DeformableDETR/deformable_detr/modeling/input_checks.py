@@ -45,10 +45,12 @@ def _check_size(i: int, inputs: Dict) -> None:
                              f"positive int, got {inputs[key]!r}")
 
 
-def check_batched_inputs(batched_inputs: List[Dict], channels: int, training: bool) -> None:
+def check_batched_inputs(batched_inputs: List[Dict], channels: int, training: bool,
+                         square_size: int = 0) -> None:
     """Raises unless batched_inputs is a non-empty list of dicts, each with "image" a (C, H, W)
     uint8 or finite floating tensor, optional positive int "height"/"width", and (training)
-    "instances"."""
+    "instances". With square_size > 0 (a backbone that pads every image to that square, such as
+    ViTDet's), H and W must not exceed it: Detectron2's padding would crop the image."""
     if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
         raise ValueError("batched_inputs must be a non-empty list of dicts, one per image, got "
                          f"{batched_inputs!r:.80}")
@@ -58,6 +60,10 @@ def check_batched_inputs(batched_inputs: List[Dict], channels: int, training: bo
                              f"{type(inputs).__name__}"
                              f"{' with keys ' + str(sorted(inputs)) if isinstance(inputs, dict) else ''}")
         _check_image(i, inputs["image"], channels)
+        if square_size and max(inputs["image"].shape[1:]) > square_size:
+            raise ValueError(f'batched_inputs[{i}]["image"] is {tuple(inputs["image"].shape)}, '
+                             f"larger than the backbone's input square {square_size} (e.g. "
+                             f"MODEL.VIT.IMG_SIZE): resize it to fit, as INPUT.MAX_SIZE_TEST does")
         _check_size(i, inputs)
         if training and "instances" not in inputs:
             raise ValueError(f"training needs \"instances\" in every input dict; batched_inputs[{i}] "

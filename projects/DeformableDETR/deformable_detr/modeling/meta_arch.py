@@ -180,7 +180,8 @@ class DeformableDETR(nn.Module):
         Returns:
             training: dict of weighted losses; inference: list of {"instances": Instances}.
         """
-        check_batched_inputs(batched_inputs, len(self.pixel_mean), self.training)
+        square_size = self.backbone.padding_constraints.get("square_size", 0)
+        check_batched_inputs(batched_inputs, len(self.pixel_mean), self.training, square_size)
         images, mask = self.preprocess_image(batched_inputs)
         outputs = self.predict(images, mask)
         if self.training:
