@@ -141,7 +141,9 @@ def released_shapes(name):
     return OrderedDict((k, tuple(v.shape)) for k, v in released_meta_state_dict(name).items())
 
 
-def _random_value(name, shape, generator):
+def random_value(name, shape, generator):
+    """A random value for the parameter `name` of `shape`: traceable rows for class heads,
+    variances in [0.5, 1.5], weights scaled by their fan-in, small vectors."""
     if "class_embed." in name:  # row i = i (+ offset of head h): traceable rows
         head = int(name.split("class_embed.")[1].split(".")[0])
         rows = torch.arange(shape[0], dtype=torch.float32) + head * HEAD_OFFSET
@@ -183,7 +185,7 @@ def released_checkpoint(name, seed=0, with_args=True):
     by_module_tensor, model = {}, OrderedDict()
     for key, meta in tree.state_dict(keep_vars=True).items():
         if id(meta) not in by_module_tensor:
-            by_module_tensor[id(meta)] = _random_value(key, tuple(meta.shape), generator)
+            by_module_tensor[id(meta)] = random_value(key, tuple(meta.shape), generator)
         model[key] = by_module_tensor[id(meta)]
     checkpoint = {
         "model": model,
@@ -232,10 +234,9 @@ def run_tool(script, *args):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def random_resnet50(seed, dilation=False):
-    """torchvision's ResNet-50 in eval mode with random weights and BN statistics."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, dilation])
+def randomize_batch_norms(model):
+    """`model` in eval mode, with random affine parameters and statistics in every BatchNorm2d
+    (from torch's global generator)."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -245,6 +246,13 @@ def random_resnet50(seed, dilation=False):
                 module.running_var.uniform_(0.5, 1.5)
                 module.num_batches_tracked.fill_(1000)
     return model.eval()
+
+
+def random_resnet50(seed, dilation=False):
+    """torchvision's ResNet-50 in eval mode with random weights and BN statistics."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, dilation])
+    return randomize_batch_norms(model)
 
 
 def torchvision_features(model, x):

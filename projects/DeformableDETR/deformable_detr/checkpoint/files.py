@@ -9,7 +9,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import numpy
 import torch
@@ -19,6 +19,7 @@ from .safe_pickle import RefusedPickleError, load_pickle_file
 __all__ = [
     "Layout",
     "check_layout",
+    "convert_weights_file",
     "load_torch_file",
     "load_weights_file",
     "read_weights_file",
@@ -157,6 +158,22 @@ def save_detectron2_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor]
     os.makedirs(directory, exist_ok=True)
     torch.save({"model": dict(state_dict), "__author__": author, "matching_heuristics": False},
                path)
+
+
+def convert_weights_file(input_path: str, output_path: str,
+                         convert: Callable[[Any], Tuple[Mapping[str, torch.Tensor], str, Any]]
+                         ) -> Any:
+    """The file-to-file step of every converter: reads `input_path` with read_weights_file,
+    calls `convert` on what it holds, which returns (state dict, author, result), writes the state
+    dict with save_detectron2_checkpoint and returns the result. A ValueError of `convert` is
+    raised again with the input's path in front; nothing is written then."""
+    loaded = read_weights_file(input_path)
+    try:
+        state_dict, author, result = convert(loaded)
+    except ValueError as e:
+        raise ValueError(f"{input_path}: {e}") from None
+    save_detectron2_checkpoint(output_path, state_dict, author=author)
+    return result
 
 
 def _listing(kind: str, items: Sequence[str]) -> str:

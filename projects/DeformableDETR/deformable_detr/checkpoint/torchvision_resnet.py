@@ -17,7 +17,7 @@ from typing import Dict, Mapping
 import torch
 import torchvision
 
-from .files import Layout, check_layout, read_weights_file, save_detectron2_checkpoint
+from .files import Layout, check_layout, convert_weights_file
 
 __all__ = [
     "convert_torchvision_resnet",
@@ -105,10 +105,5 @@ def convert_torchvision_resnet_file(input_path: str, output_path: str) -> int:
     the backbone only. Loaded as MODEL.WEIGHTS, it initialises the backbone; Detectron2 reports
     the other parameters (neck, transformer, heads) as missing and keeps their initialisation.
     Returns the ResNet depth (set MODEL.RESNETS.DEPTH to it)."""
-    state_dict = read_weights_file(input_path)
-    try:
-        converted = convert_torchvision_resnet(state_dict)
-    except ValueError as e:
-        raise ValueError(f"{input_path}: {e}") from None
-    save_detectron2_checkpoint(output_path, converted, author="torchvision")
-    return _depth(state_dict)
+    return convert_weights_file(input_path, output_path, lambda state_dict: (
+        convert_torchvision_resnet(state_dict), "torchvision", _depth(state_dict)))
