@@ -154,6 +154,11 @@ def test_compare_detections_forgives_reordered_ties_only():
     diff = compare_detections((boxes, scores, classes),
                               (boxes[swapped], scores[swapped], classes[swapped]))
     assert diff["ok"] and diff["max_score_diff"] == 0 and diff["max_box_diff"] == 0
+    same_class = classes.copy()
+    same_class[2] = 2  # two detections of one class, near-tied: their boxes swap places
+    diff = compare_detections((boxes, scores, same_class),
+                              (boxes[swapped], scores[swapped], same_class[swapped]))
+    assert diff["ok"] and diff["max_box_diff"] == 0
     moved = boxes.copy()
     moved[2, 0] += 0.5
     assert not compare_detections((boxes, scores, classes), (moved, scores, classes))["ok"]
