@@ -4,15 +4,16 @@
 ddetr_r50 (random weights: time does not depend on them), batch 1, one 800x1333 image, through
 the single-image module that every export runs (deformable_detr.export.DetectionExportWrapper):
 eager float32, torch.compile (inductor), the AOTInductor package, ONNX Runtime and TorchScript.
-Each path is built once, run once to warm up, then the paths take turns --repeat times (so that
+Each path is built once, run twice to warm up, then the paths take turns --repeat times (so that
 the machine's drift hits all alike). Prints the median time per image, its ratio to eager, the
 peak memory of one inference (growth of the resident set over the warm process, measured in a
 child process per path whose allocator returns large blocks to the system, so that each run's
-own peak shows) and the profile of eager by kind of operator. The machines are shared and
+own peak shows), and profiles: eager and torch.compile by kind of operator (what bounds the
+compiled paths), ONNX Runtime by operator type. The machines are shared and
 noisy: compare the ratios, not absolute times across runs.
 
 Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333]
-           [--paths eager compile aoti onnx torchscript]
+           [--paths eager compile aoti onnx torchscript] [--no-memory]
 """
 import argparse
 import json
@@ -45,8 +46,9 @@ def build_model_and_image(height, width):
     return model, torch.randint(0, 256, (3, height, width), generator=g).float()
 
 
-def make_runner(name, model, image, folder):
-    """A callable image -> detections for the path, and its build time in seconds."""
+def make_runner(name, model, image, folder, arena=True):
+    """A callable image -> detections for the path, and its build time in seconds. arena=False
+    turns off ONNX Runtime's memory arena, which keeps its peak allocated between runs."""
     start = time.perf_counter()
     wrapper = export.DetectionExportWrapper(model)
     if name == "eager":
@@ -63,15 +65,15 @@ def make_runner(name, model, image, folder):
     elif name == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(export.onnx_bytes(model, image),
+        options = onnxruntime.SessionOptions()
+        options.enable_cpu_mem_arena = arena
+        session = onnxruntime.InferenceSession(export.onnx_bytes(model, image), options,
                                                providers=["CPUExecutionProvider"])
         array = image.numpy()
 
         def run(_):
             return session.run(list(export.ONNX_OUTPUTS), {export.ONNX_INPUT: array})
     elif name == "aoti":
-        if not hasattr(export, "export_aoti"):
-            return None, 0.0
         path = os.path.join(folder, "model.pt2")
         export.export_aoti(model, image, path)
         package = torch._inductor.aoti_load_package(path)
@@ -93,9 +95,8 @@ def peak_memory_mib(name, height, width):
     """Child process: the growth of the resident set during one warm inference of the path."""
     model, image = build_model_and_image(height, width)
     with tempfile.TemporaryDirectory() as folder:
-        run, _ = make_runner(name, model, image, folder)
-        if run is None:
-            return None
+        run, _ = make_runner(name, model, image, folder, arena=False)
+        run(image)
         run(image)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident set
@@ -114,20 +115,51 @@ def measure_memory(name, height, width):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def eager_profile(run, image):
-    """Self CPU time of eager by kind of operator, in percent of the total."""
-    kinds = {"convolutions": ("conv", "mkldnn_convolution"),
-             "matrix products": ("addmm", "::mm", "bmm", "matmul", "linear", "baddbmm"),
-             "deformable attention op": ("deformable_detr::",)}
+KINDS = {"convolutions": ("conv", "mkldnn_convolution"),
+         "matrix products": ("addmm", "::mm", "bmm", "matmul", "linear", "baddbmm"),
+         "deformable attention op": ("deformable_detr::",)}
+
+
+def torch_profile(run, image, rest):
+    """Self CPU time of one run by kind of operator, in percent of the total. `rest` names what
+    falls in no kind: elementwise ops and copies in eager; in the compiled path, the kernels that
+    inductor generated and fused (the profiler sees only the operators they call out to)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run(image)
     totals = defaultdict(float)
     for event in prof.key_averages():
-        kind = next((k for k, keys in kinds.items() if any(s in event.key for s in keys)),
-                    "elementwise, copies and the rest")
+        kind = next((k for k, keys in KINDS.items() if any(s in event.key for s in keys)), rest)
         totals[kind] += event.self_cpu_time_total
     whole = sum(totals.values())
     return {k: 100 * v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def onnx_profile(model, image, top=5):
+    """ONNX Runtime's own profile of one run: time by operator type, in percent of the total."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = os.path.join(folder, "ort")
+        session = onnxruntime.InferenceSession(export.onnx_bytes(model, image), options,
+                                               providers=["CPUExecutionProvider"])
+        session.run(list(export.ONNX_OUTPUTS), {export.ONNX_INPUT: image.numpy()})
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    totals = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    whole = sum(totals.values())
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    shares = {k: 100 * v / whole for k, v in ranked[:top]}
+    shares["the rest"] = 100 * sum(v for _, v in ranked[top:]) / whole
+    return shares
+
+
+def format_profile(title, shares):
+    return f"{title}: " + ", ".join(f"{k} {v:.0f}%" for k, v in shares.items())
 
 
 def main():
@@ -136,6 +168,8 @@ def main():
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak memory (a child process per path builds it again)")
     parser.add_argument("--memory-of", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
@@ -147,10 +181,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         for name in args.paths:
             run, seconds = make_runner(name, model, image, folder)
-            if run is None:
-                print(f"{name}: not available (deformable_detr.export has no export_aoti yet)")
-                continue
-            run(image)  # warm-up
+            for _ in range(2):  # warm-up; TorchScript's profiling executor optimises on the 2nd
+                run(image)
             runners[name], build_s[name] = run, seconds
         times = defaultdict(list)
         for _ in range(args.repeat):
@@ -158,20 +190,28 @@ def main():
                 start = time.perf_counter()
                 run(image)
                 times[name].append(time.perf_counter() - start)
-        profile = eager_profile(runners["eager"], image) if "eager" in runners else {}
+        profiles = {}
+        if "eager" in runners:
+            profiles["eager profile (self CPU time)"] = torch_profile(
+                runners["eager"], image, "elementwise, copies and the rest")
+        if "compile" in runners:
+            profiles["torch.compile profile (self CPU time)"] = torch_profile(
+                runners["compile"], image, "generated fused kernels and the rest")
+        if "onnx" in runners:
+            profiles["ONNX Runtime profile (kernel time by operator type)"] = onnx_profile(
+                model, image)
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians.get("eager")
     print(f"ddetr_r50, CPU, {torch.get_num_threads()} threads, batch 1, {args.height}x"
           f"{args.width}, median of {args.repeat}")
     print(f"{'path':<12} {'s / image':>10} {'speed-up':>9} {'peak MiB':>9} {'build s':>8}")
     for name, median in medians.items():
-        memory = measure_memory(name, args.height, args.width)
+        memory = "-" if args.no_memory else measure_memory(name, args.height, args.width)
         memory = f"{memory:9.0f}" if isinstance(memory, float) else f"{str(memory):>9}"
         ratio = f"{base / median:8.2f}x" if base else "-"
         print(f"{name:<12} {median:10.3f} {ratio:>9} {memory} {build_s[name]:8.1f}")
-    if profile:
-        print("eager profile (self CPU time): " +
-              ", ".join(f"{k} {v:.0f}%" for k, v in profile.items()))
+    for title, shares in profiles.items():
+        print(format_profile(title, shares))
 
 
 if __name__ == "__main__":
