@@ -12,7 +12,8 @@
   filter_empty_instances). Every dropped box is counted, per reason, in a periodic warning.
 - Images without objects are kept (they teach the model to predict nothing).
 
-Image: (3, H, W) uint8 in cfg.INPUT.FORMAT. Boxes: (4,) per annotation, in its bbox_mode.
+Image: (3, H, W) uint8 in the mapper's image format (INPUT.FORMAT). Boxes: (4,) per annotation,
+in its bbox_mode.
 """
 import collections
 import copy
@@ -23,13 +24,14 @@ import os
 
 import numpy as np
 import torch
+from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from detectron2.utils.logger import log_every_n_seconds
 
-from .augmentation import build_detr_augmentation
+from .augmentation import build_detr_augmentation, check_image_format
 
 __all__ = ["DetrDatasetMapper"]
 
@@ -59,15 +61,31 @@ def _box_problem(anno) -> str:
 
 
 class DetrDatasetMapper(DatasetMapper):
-    """A DatasetMapper built as `DetrDatasetMapper(cfg, is_train)`: returns Detectron2's dict with
-    "image" (3, H, W) uint8 in cfg.INPUT.FORMAT and, in training, "instances" (gt_boxes,
+    """A DatasetMapper built as `DetrDatasetMapper(cfg, is_train)` (DETR's augmentation from
+    cfg.INPUT) or, as Detectron2's, from arguments: `DetrDatasetMapper(is_train,
+    augmentations=detr_train_augmentation(...), image_format="RGB")`. Returns Detectron2's dict
+    with "image" (3, H, W) uint8 in the image format and, in training, "instances" (gt_boxes,
     gt_classes). Counts (per worker process) what it drops: `dropped` (boxes, per reason),
     `skipped_images`."""
 
-    def __init__(self, cfg, is_train: bool = True):
-        super().__init__(cfg, is_train, augmentations=build_detr_augmentation(cfg, is_train))
+    @configurable
+    def __init__(self, is_train: bool = True, *, augmentations, image_format: str, **kwargs):
+        """
+        Args:
+            is_train, augmentations, kwargs: as Detectron2's DatasetMapper.
+            image_format: one of IMAGE_FORMATS, checked here.
+        """
+        check_image_format(image_format, "image_format")
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
+                         **kwargs)
         self.dropped = collections.Counter()
         self.skipped_images = 0
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        # the INPUT keys are checked (by build_detr_augmentation) before Detectron2 reads them
+        augmentations = build_detr_augmentation(cfg, is_train)
+        return {**super().from_config(cfg, is_train), "augmentations": augmentations}
 
     @property
     def dropped_boxes(self) -> int:
