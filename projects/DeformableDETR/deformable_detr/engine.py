@@ -1,6 +1,7 @@
 """Training and evaluation on Detectron2's DefaultTrainer: this project's optimizer, data mapper
 and COCO evaluation, DistributedDataParallel that also works for a model on the CPU (gloo), and
-a checkpointer that refuses weights matching nothing in the model."""
+a checkpointer that refuses weights matching nothing in the model. The LazyConfig path
+(lazy_engine.py) shares the last three."""
 import logging
 import os
 import weakref
@@ -19,19 +20,33 @@ from .data import DetrDatasetMapper
 from .data.coco_checks import check_coco_datasets
 from .solver import build_optimizer
 
-__all__ = ["Trainer", "WeightsCheckpointer", "create_ddp_model"]
+__all__ = ["Trainer", "WeightsCheckpointer", "coco_evaluator", "create_ddp_model"]
 
 logger = logging.getLogger(__name__)
 
 
-def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
-    """DistributedDataParallel when there are several processes. A model on the CPU gets no
-    device_ids (Detectron2's create_ddp_model passes the local rank, which DDP rejects there)."""
+def create_ddp_model(model: torch.nn.Module, *, broadcast_buffers: bool = False,
+                     find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel (with these two of its arguments) when there are several
+    processes. A model on the CPU gets no device_ids (Detectron2's create_ddp_model passes the
+    local rank, which DDP rejects there)."""
     if comm.get_world_size() == 1:
         return model
     on_gpu = next(model.parameters()).device.type == "cuda"
     return DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_gpu else None,
-                                   broadcast_buffers=False)
+                                   broadcast_buffers=broadcast_buffers,
+                                   find_unused_parameters=find_unused_parameters)
+
+
+def coco_evaluator(dataset_name: str, output_dir: str) -> COCOEvaluator:
+    """Detectron2's COCOEvaluator, writing its results to output_dir, for a json without "info".
+
+    pycocotools >= 2.0.7 copies the ground truth's "info" into the results (COCO.loadRes) and
+    raises KeyError without one, after all of inference; nothing reads it, and many COCO json
+    files (which Detectron2 loads fine) have none, so an empty one is correct."""
+    evaluator = COCOEvaluator(dataset_name, output_dir=output_dir)
+    evaluator._coco_api.dataset.setdefault("info", {})
+    return evaluator
 
 
 class WeightsCheckpointer(DetectionCheckpointer):
@@ -101,12 +116,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluator = COCOEvaluator(dataset_name, output_dir=output_folder)
-        # pycocotools >= 2.0.7 copies the ground truth's "info" into the results (COCO.loadRes)
-        # and raises KeyError without one, after all of inference; nothing reads it, and many
-        # COCO json files (which Detectron2 loads fine) have none, so an empty one is correct.
-        evaluator._coco_api.dataset.setdefault("info", {})
-        return evaluator
+        return coco_evaluator(dataset_name, output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
