@@ -1,37 +1,81 @@
 #!/usr/bin/env python
-"""Deformable DETR training and evaluation with Detectron2's trainer.
+"""Deformable DETR training and evaluation with Detectron2's trainer, from a yacs config (.yaml,
+.yml) or a LazyConfig (.py), told apart by the file's extension as Detectron2's tools do.
 
   python train_net.py --config-file configs/ddetr_r50.yaml                      # train
   python train_net.py --config-file configs/ddetr_r50.yaml --eval-only MODEL.WEIGHTS model.pth
   python train_net.py --config-file configs/quickstart.yaml --num-gpus 2 MODEL.DEVICE cpu
   python train_net.py --config-file ... --resume                                # continue
+  python train_net.py --config-file configs/ddetr_r50.py train.max_iter=1000   # LazyConfig
 
+Overrides: KEY VALUE pairs for a yacs config, key=value (Hydra's syntax) for a LazyConfig.
 Any dataset registered in Detectron2's DatasetCatalog works (see README.md); the built-in
 synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are written on first use.
 """
 import os
 import sys
+from typing import List, NamedTuple
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
                                 "DeformableDETR"))
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
+from deformable_detr import lazy_engine  # noqa: E402
 from deformable_detr.data import register_shapes_datasets  # noqa: E402
 from deformable_detr.engine import Trainer, WeightsCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 
+YAML_EXTENSIONS = (".yaml", ".yml")
+LAZY_EXTENSIONS = (".py",)
 
-def register_datasets(cfg):
+
+def is_lazy(config_file: str) -> bool:
+    return os.path.splitext(config_file)[1] in LAZY_EXTENSIONS
+
+
+def load_config(args):
+    """The config of args.config_file (of either kind) with the overrides args.opts."""
+    if is_lazy(args.config_file):
+        return lazy_engine.load_lazy_config(args.config_file, args.opts)
+    return get_config(args.config_file, args.opts)
+
+
+class Settings(NamedTuple):
+    """What cli and main read of either kind of config, with the keys to name in errors."""
+    weights_key: str
+    weights: str
+    output_key: str
+    output_dir: str
+    device: str
+    datasets: List[str]
+
+
+def read_settings(cfg, lazy: bool) -> Settings:
+    if lazy:
+        train = cfg.train
+        return Settings("train.init_checkpoint", train.init_checkpoint, "train.output_dir",
+                        train.output_dir, train.device, sum(lazy_engine.dataset_names(cfg), []))
+    return Settings("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS, "OUTPUT_DIR", cfg.OUTPUT_DIR,
+                    cfg.MODEL.DEVICE, list(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST))
+
+
+def register_datasets(names):
     """Registers (and on first use writes) the built-in dataset when the config names it."""
-    if any(name.startswith("ddetr_shapes") for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
+    if any(name.startswith("ddetr_shapes") for name in names):
         register_shapes_datasets()
 
 
 def main(args):
-    cfg = get_config(args.config_file, args.opts)
-    cfg.freeze()
+    lazy = is_lazy(args.config_file)
+    cfg = load_config(args)
+    if not lazy:
+        cfg.freeze()
     default_setup(cfg, args)
-    register_datasets(cfg)
+    register_datasets(read_settings(cfg, lazy).datasets)
+    if lazy:
+        run = lazy_engine.evaluate if args.eval_only else lazy_engine.do_train
+        return run(cfg, args.resume)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         WeightsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -43,20 +87,26 @@ def main(args):
 
 
 def cli(argv=None):
-    """Parses the command line (Detectron2's arguments), refuses an evaluation without weights,
-    then trains or evaluates in args.num_gpus processes per machine."""
+    """Parses the command line (Detectron2's arguments), refuses a config file of another
+    extension and an evaluation without weights, then trains or evaluates in args.num_gpus
+    processes per machine."""
     parser = default_argument_parser()
     args = parser.parse_args(argv)
-    cfg = get_config(args.config_file, args.opts)
-    # fvcore's Checkpointer names the latest checkpoint of OUTPUT_DIR in this file
-    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not resumable:
-        parser.error(f"--eval-only needs MODEL.WEIGHTS (or --resume with a last_checkpoint in "
-                     f"OUTPUT_DIR {cfg.OUTPUT_DIR!r}); without it a randomly initialised model "
-                     f"would be evaluated")
+    extension = os.path.splitext(args.config_file)[1]
+    if args.config_file and extension not in YAML_EXTENSIONS + LAZY_EXTENSIONS:
+        parser.error(f"--config-file must be a yacs config ({', '.join(YAML_EXTENSIONS)}) or a "
+                     f"LazyConfig ({', '.join(LAZY_EXTENSIONS)}), got {args.config_file!r}")
+    settings = read_settings(load_config(args), is_lazy(args.config_file))
+    # fvcore's Checkpointer names the latest checkpoint of the output dir in this file
+    resumable = args.resume and os.path.isfile(os.path.join(settings.output_dir,
+                                                            "last_checkpoint"))
+    if args.eval_only and not settings.weights and not resumable:
+        parser.error(f"--eval-only needs {settings.weights_key} (or --resume with a "
+                     f"last_checkpoint in {settings.output_key} {settings.output_dir!r}); without "
+                     f"it a randomly initialised model would be evaluated")
     # written once here, not by every process of a multi-process launch
-    register_datasets(cfg)
-    if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:
+    register_datasets(settings.datasets)
+    if settings.device == "cpu" and args.num_gpus * args.num_machines > 1:
         # launch picks NCCL whenever a GPU is visible; CPU processes need gloo
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
