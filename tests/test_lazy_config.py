@@ -9,13 +9,15 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.data import transforms as T
+from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 from detectron2.solver import LRMultiplier, build_lr_scheduler
 
@@ -30,6 +32,7 @@ from deformable_detr.data import (
 from deformable_detr.lazy_engine import load_lazy_config
 from deformable_detr.solver import build_optimizer
 from model_cases import CONFIG_DIR, RELEASED_CONFIGS, build, image, instances, model_cfg
+from training_cases import REPO
 
 # every YAML config with its Python twin
 PAIRS = [(name, name[:-len(".yaml")] + ".py") for name in sorted(os.listdir(CONFIG_DIR))
@@ -69,7 +72,10 @@ def _batch():
 
 
 def test_same_parameter_names_shapes_and_trainability(pair):
-    _, _, yaml_model, lazy_model = pair
+    _, lazy, yaml_model, lazy_model = pair
+    # the neck's input_shape, written in the config, is what the backbone outputs
+    assert ({k: instantiate(v) for k, v in lazy.model.neck.input_shape.items()}
+            == lazy_model.backbone.output_shape())
     shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()} == shapes
     assert ({n: p.requires_grad for n, p in lazy_model.named_parameters()}
@@ -134,6 +140,7 @@ def test_same_optimizer_groups_and_clipped_step(pair):
         assert torch.equal(stepped[name], expected), name
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 @pytest.mark.parametrize("yaml_name,py_name", PAIRS)
 def test_same_schedule(yaml_name, py_name):
     cfg, lazy = model_cfg(yaml_name), lazy_cfg(py_name)
@@ -204,7 +211,8 @@ def test_same_data(yaml_name, py_name):
 
 @pytest.fixture
 def small_val(shapes_root, tmp_path):
-    """The first 4 images of the built-in validation split, as dataset "lazy_test_val"."""
+    """The first 4 images of the built-in validation split: (its COCO json, the image folder),
+    registered as dataset "lazy_test_val"."""
     folder = os.path.join(shapes_root, "ddetr_shapes_val")
     with open(os.path.join(folder, "annotations.json")) as f:
         data = json.load(f)
@@ -214,9 +222,21 @@ def small_val(shapes_root, tmp_path):
     path = tmp_path / "val4.json"
     path.write_text(json.dumps(data))
     register_coco_instances("lazy_test_val", {}, str(path), os.path.join(folder, "images"))
-    yield "lazy_test_val"
+    yield str(path), os.path.join(folder, "images")
     DatasetCatalog.remove("lazy_test_val")
     MetadataCatalog.remove("lazy_test_val")
+
+
+# a quick run: 2 iterations of 2 images, evaluated on the 4 images of small_val
+QUICK_RUN = ["train.max_iter=2", "lr_multiplier.scheduler.milestones=[1]",
+             "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+             "dataloader.test.dataset.names=lazy_test_val", "dataloader.test.num_workers=0"]
+
+
+def _steps_and_evaluation(output):
+    """metrics.json's training iterations, and its last line (the final evaluation's)."""
+    metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    return [m for m in metrics if "total_loss" in m], metrics[-1]
 
 
 @pytest.mark.slow  # 2 iterations, then 2 evaluations of 4 images
@@ -224,24 +244,47 @@ def test_train_net_trains_and_evaluates_from_the_python_quickstart(small_val, tm
                                                                    monkeypatch, shapes_root):
     monkeypatch.setenv("DETECTRON2_DATASETS", os.path.dirname(shapes_root))
     output = tmp_path / "out"
-    common = [f"dataloader.test.dataset.names={small_val}", "dataloader.test.num_workers=0",
-              f"train.output_dir={output}"]
     train_net = load_script("train_net.py")
-    train_net.cli(["--config-file", QUICKSTART_PY, "train.max_iter=2",
-                   "lr_multiplier.scheduler.milestones=[1]", "dataloader.train.total_batch_size=2",
-                   "dataloader.train.num_workers=0", *common])
+    train_net.cli(["--config-file", QUICKSTART_PY, *QUICK_RUN, f"train.output_dir={output}"])
     assert (output / "model_final.pth").is_file()
-    metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
-    steps = [m for m in metrics if "total_loss" in m]
+    steps, evaluation = _steps_and_evaluation(output)
     assert steps[-1]["iteration"] == 1 and math.isfinite(steps[-1]["total_loss"])
     assert steps[-1]["lr"] == pytest.approx(4e-5)  # 4e-4, x0.1 from the milestone at 1
-    assert "bbox/AP" in metrics[-1]  # evaluated after the last iteration
+    assert "bbox/AP" in evaluation  # evaluated after the last iteration
     args = default_argument_parser().parse_args([
-        "--config-file", QUICKSTART_PY, "--eval-only",
-        f"train.init_checkpoint={output / 'model_final.pth'}", *common])
+        "--config-file", QUICKSTART_PY, "--eval-only", *QUICK_RUN,
+        f"train.init_checkpoint={output / 'model_final.pth'}", f"train.output_dir={output}"])
     results = train_net.main(args)
     assert 0 <= results["bbox"]["AP"] <= 100 and "AP-circle" in results["bbox"]
-    assert (output / "inference" / small_val / "coco_instances_results.json").is_file()
+    assert (output / "inference" / "lazy_test_val" / "coco_instances_results.json").is_file()
+
+
+@pytest.mark.slow  # two fresh processes
+def test_train_net_trains_a_python_config_in_two_cpu_processes(small_val, tmp_path, shapes_root):
+    json_file, images = small_val
+    config = tmp_path / "two_processes.py"
+    # each process loads the config, and so registers the small test set
+    config.write_text(
+        "from detectron2.config import LazyConfig\n"
+        "from detectron2.data import DatasetCatalog\n"
+        "from detectron2.data.datasets import register_coco_instances\n"
+        "if 'lazy_test_val' not in DatasetCatalog.list():\n"
+        f"    register_coco_instances('lazy_test_val', {{}}, {json_file!r}, {images!r})\n"
+        f"_base = LazyConfig.load({QUICKSTART_PY!r})\n"
+        "model, dataloader, optimizer, lr_multiplier, train = (\n"
+        "    _base[k] for k in ('model', 'dataloader', 'optimizer', 'lr_multiplier', 'train'))\n")
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", str(config),
+         "--num-gpus", "2", *QUICK_RUN, f"train.output_dir={output}"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1",
+                 DETECTRON2_DATASETS=os.path.dirname(shapes_root)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "World size: 2" in (output / "log.txt").read_text()
+    assert (output / "model_final.pth").is_file()
+    steps, evaluation = _steps_and_evaluation(output)
+    assert steps[-1]["iteration"] == 1 and "bbox/AP" in evaluation
 
 
 # bad input

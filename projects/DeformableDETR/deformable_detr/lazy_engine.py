@@ -47,18 +47,19 @@ def _has(cfg, key: str) -> bool:
 def _check_overrides(cfg: DictConfig, overrides: Sequence[str], path: str) -> None:
     """Refuses an override that is not key=value, or whose key the config lacks (Detectron2's
     apply_overrides would add it, unread: a typo would be ignored)."""
+    parser = OverridesParser.create()
     for line in overrides:
         if "=" not in line:
             raise ValueError(f"overrides of a LazyConfig (.py) are key=value, e.g. "
                              f"train.max_iter=100; got {line!r}")
-        (override,) = OverridesParser.create().parse_overrides([line])
+        (override,) = parser.parse_overrides([line])
         key = override.key_or_group
         if override.is_add() or _has(cfg, key):
             continue
-        # the deepest part of the key that the config has, and what it holds
-        parts = key.split(".")
-        parent = ".".join(next(parts[:i] for i in range(len(parts) - 1, -1, -1)
-                               if _has(cfg, ".".join(parts[:i])) or i == 0))
+        # the longest start of the key that the config has, and what it holds
+        parent = key
+        while parent and not _has(cfg, parent):
+            parent = parent.rpartition(".")[0]
         node = OmegaConf.select(cfg, parent) if parent else cfg
         known = sorted(node.keys()) if OmegaConf.is_dict(node) else []
         raise ValueError(f"override {line!r}: {key!r} is not a key of {path!r} "
