@@ -82,6 +82,13 @@ def test_same_parameter_names_shapes_and_trainability(pair):
             == {n: p.requires_grad for n, p in yaml_model.named_parameters()})
 
 
+# ViT pads every image to its 1024 x 1024 square: minutes of CPU for its four forward passes
+SLOW_TO_RUN = {"ddetr_vit_b.yaml"}
+
+
+@pytest.mark.parametrize("pair", [
+    pytest.param(p, id=p[0], marks=[pytest.mark.slow] if p[0] in SLOW_TO_RUN else [])
+    for p in PAIRS], indirect=True)
 def test_same_outputs_and_losses_from_the_same_weights(pair):
     _, _, yaml_model, lazy_model = pair
     lazy_model.load_state_dict(yaml_model.state_dict())
