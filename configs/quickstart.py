@@ -39,7 +39,7 @@ model.detections_per_image = 30
 dataloader.train.dataset.names = ["ddetr_shapes_train"]  # DATASETS.TRAIN
 dataloader.test.dataset.names = "ddetr_shapes_val"  # DATASETS.TEST
 dataloader.train.num_workers = 1  # DATALOADER.NUM_WORKERS: one decodes while the other trains
-dataloader.test.num_workers = 1
+dataloader.test.num_workers = 1  # DATALOADER.NUM_WORKERS
 # the shapes images are 128x160: one size, no crop (a crop would cut the few objects)
 dataloader.train.mapper.augmentations.min_size = [128]  # INPUT.MIN_SIZE_TRAIN
 dataloader.train.mapper.augmentations.max_size = 256  # INPUT.MAX_SIZE_TRAIN

@@ -321,6 +321,12 @@ def test_config_file_of_another_extension_is_refused(monkeypatch, capsys, tmp_pa
                      rf"got '{re.escape(str(path))}'", err)
 
 
+def test_missing_python_config_is_named(tmp_path):
+    path = str(tmp_path / "missing.py")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"config_file {path!r} does not exist")):
+        load_lazy_config(path)
+
+
 def test_python_config_without_a_model_is_named(tmp_path):
     path = tmp_path / "no_model.py"
     path.write_text("from detectron2.config import LazyCall as L\n"

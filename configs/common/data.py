@@ -21,7 +21,7 @@ dataloader.train = L(build_detection_train_loader)(
         filter_empty=False,
     ),
     mapper=L(DetrDatasetMapper)(
-        is_train=True,
+        is_train=True,  # augmented, with the ground-truth instances
         # horizontal flip; then half the time a resize of the shorter side to one of 480, 512,
         # ..., 800 (longer side at most 1333), half the time a resize to one of 400/500/600, a
         # random crop of 384..600 pixels per side, then that multi-scale resize
@@ -49,7 +49,7 @@ dataloader.test = L(build_detection_test_loader)(
         filter_empty=False,  # every test image is evaluated
     ),
     mapper=L(DetrDatasetMapper)(
-        is_train=False,
+        is_train=False,  # one resize, no annotations
         # INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST: shorter side 800, longer at most 1333
         augmentations=L(detr_test_augmentation)(min_size=800, max_size=1333),
         image_format="${...train.mapper.image_format}",  # INPUT.FORMAT, the training's
@@ -57,8 +57,9 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,  # DATALOADER.NUM_WORKERS
 )
 
-# COCO box AP of the test set, its files under OUTPUT_DIR/inference/<dataset>, as the YAML's
+# COCO box AP of the test set
 dataloader.evaluator = L(coco_evaluator)(
-    dataset_name="${..test.dataset.names}",
+    dataset_name="${..test.dataset.names}",  # the test loader's dataset
+    # its result files, where the YAML path writes them: OUTPUT_DIR/inference/<dataset>
     output_dir="${...train.output_dir}/inference/${..test.dataset.names}",
 )

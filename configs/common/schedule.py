@@ -11,7 +11,7 @@ lr_multiplier = L(WarmupParamScheduler)(
         # SOLVER.STEPS: epoch 40 of 3,696 iterations (released lr_drop 40); each must lie below
         # train.max_iter: shorten them with the run
         milestones=[147840],
-        num_updates="${train.max_iter}",
+        num_updates="${train.max_iter}",  # SOLVER.MAX_ITER: the milestones' scale
     ),
     warmup_length=0.0,  # SOLVER.WARMUP_ITERS / MAX_ITER: no warm-up, as released
     warmup_factor=0.001,  # SOLVER.WARMUP_FACTOR (no effect without warm-up)
