@@ -1,9 +1,10 @@
 """Export to an AOTInductor package (.pt2): the package gives the eager model's detections, and
 runs without Detectron2.
 
-The multi-scale and the two-stage variants, with random weights and the depth of
-tests/test_export.py (1 encoder and 2 decoder layers), on CPU, and export_model.py --format aoti
-end to end. Each test compiles C++ with Inductor (about 1.5 minutes on 2 cores), hence slow.
+The two-stage variant through export_aoti, and the multi-scale one through export_model.py
+--format aoti end to end, with random weights and the depth of tests/test_export.py (1 encoder
+and 2 decoder layers), on CPU. Each test compiles C++ with Inductor (about 1.5 minutes on 2
+cores), hence slow.
 The package is static: it is checked at the size it was exported at (deformable_detr/export/
 aoti.py says why).
 """
@@ -14,6 +15,8 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from deformable_detr.export import eager_detections, export_aoti, run_aoti
 from cli_cases import load_script
@@ -55,45 +58,59 @@ def _op_library():
     return library
 
 
-@requires_extension
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["ddetr_r50.yaml", "ddetr_r50_two_stage.yaml"])
-def test_aoti_package_matches_eager(name, tmp_path):
-    model = build(name, SHALLOW).eval()
-    img = image(*SIZE, 0)
-    expected = eager_detections(model, img)
-    path = export_aoti(model, img, str(tmp_path / "model.pt2"))
-    assert_agree(expected, run_aoti(path, img), f"{name} aoti")
-
+def _assert_runs_without_detectron2(path, img, expected, tmp_path, what):
+    """The package at `path` gives `expected` on img in a process that cannot import Detectron2
+    or this project, with the op's library loaded by path, and cannot load without it."""
     np.save(tmp_path / "image.npy", img.numpy())
 
-    def run_without_detectron2(library):
+    def run(library):
         return subprocess.run(
             [sys.executable, "-c", RUN_WITHOUT_DETECTRON2, library, path,
              str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
             capture_output=True, text=True, timeout=120)
 
     # the package calls the compiled op: it cannot load without it
-    result = run_without_detectron2("")
+    result = run("")
     assert result.returncode != 0
     assert "Could not find schema for deformable_detr::ms_deform_attn" in result.stderr
-    result = run_without_detectron2(_op_library())
+    result = run(_op_library())
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "out.npz") as out:
         actual = tuple(out[f"arr_{i}"] for i in range(3))
-    assert_agree(expected, actual, f"{name} aoti without detectron2")
+    assert_agree(expected, actual, f"{what} without detectron2")
 
 
+@requires_extension
 @pytest.mark.slow
-def test_export_tool_aoti(tmp_path, capsys):
-    """export_model.py --format aoti writes model.pt2 and finds it agrees with the eager model
-    (exit 0) on its random sample image, made small by the test resize. The quickstart's small
-    model: the variants' packages are the tests above; this one checks the tool's glue."""
+def test_two_stage_aoti_package_matches_eager(tmp_path):
+    model = build("ddetr_r50_two_stage.yaml", SHALLOW).eval()
+    img = image(*SIZE, 0)
+    expected = eager_detections(model, img)
+    path = export_aoti(model, img, str(tmp_path / "model.pt2"))
+    assert_agree(expected, run_aoti(path, img), "two-stage aoti")
+    _assert_runs_without_detectron2(path, img, expected, tmp_path, "two-stage aoti")
+
+
+@requires_extension
+@pytest.mark.slow
+def test_export_tool_aoti_matches_eager(tmp_path, capsys):
+    """export_model.py --format aoti on the multi-scale variant, with weights from a file and a
+    sample image at the test resize's own size: the tool finds its package agrees with the
+    eager model (exit 0), and so does the package run without Detectron2."""
+    model = build("ddetr_r50.yaml", SHALLOW).eval()
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    pixels = image(*SIZE, 0).to(torch.uint8)
+    sample = tmp_path / "sample.png"  # lossless: the tool reads exactly these pixels
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(sample)
     tool = load_script(os.path.join("tools", "deploy", "export_model.py"))
     out = tmp_path / "out"
-    code = tool.main(["--config-file", os.path.join(CONFIG_DIR, "quickstart.yaml"), "--output",
-                      str(out), "--format", "aoti", "MODEL.DEVICE", "cpu",
-                      "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"])
+    code = tool.main(["--config-file", os.path.join(CONFIG_DIR, "ddetr_r50.yaml"), "--output",
+                      str(out), "--format", "aoti", "--sample-image", str(sample),
+                      "MODEL.DEVICE", "cpu", *SHALLOW, "MODEL.WEIGHTS", str(weights),
+                      "INPUT.MIN_SIZE_TEST", str(SIZE[0]), "INPUT.MAX_SIZE_TEST", str(SIZE[1])])
     assert code == 0
-    assert "aoti vs eager on (120, 160): 30 detections" in capsys.readouterr().out
-    assert (out / "model.pt2").is_file()
+    assert f"aoti vs eager on {SIZE}: 100 detections" in capsys.readouterr().out
+    img = pixels.float()
+    _assert_runs_without_detectron2(str(out / "model.pt2"), img, eager_detections(model, img),
+                                    tmp_path, "multi-scale aoti")
