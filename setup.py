@@ -9,8 +9,7 @@ import os
 
 from setuptools import find_packages, setup
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("csrc")
+CSRC = "csrc"  # the op's sources, relative to this file (pip and make run it from here)
 
 
 def _has_cudart(prefix):
