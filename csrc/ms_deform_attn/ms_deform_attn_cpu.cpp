@@ -77,77 +77,42 @@ Isa cpu_isa() {
   return isa;
 }
 
-// The kernel of the CPU's instruction set.
+// The forward and backward kernels of one instruction set and head dim, as function pointers, so
+// that one dispatch (below) serves both. Their types are the kernels' own signatures.
+template <typename scalar_t, typename loc_t, typename acc_t>
+struct Kernels {
+  decltype(&generic::forward_rows<scalar_t, loc_t, acc_t, 0>) forward_rows;
+  decltype(&generic::backward_task<scalar_t, loc_t, acc_t, 0>) backward_task;
+};
+
 template <typename scalar_t, typename loc_t, typename acc_t, int kD>
-void forward_rows_isa(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                      const loc_t* loc, const loc_t* attn, scalar_t* out, const Sizes& s,
-                      int64_t begin, int64_t end, const scalar_t* zeros, acc_t* scratch) {
+Kernels<scalar_t, loc_t, acc_t> isa_kernels() {
   switch (cpu_isa()) {
 #ifdef DDETR_X86_CLONES
     case Isa::kAvx512:
-      return avx512::forward_rows<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
-                                                       begin, end, zeros, scratch);
+      return {avx512::forward_rows<scalar_t, loc_t, acc_t, kD>,
+              avx512::backward_task<scalar_t, loc_t, acc_t, kD>};
     case Isa::kAvx2:
-      return avx2::forward_rows<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
-                                                     begin, end, zeros, scratch);
+      return {avx2::forward_rows<scalar_t, loc_t, acc_t, kD>,
+              avx2::backward_task<scalar_t, loc_t, acc_t, kD>};
 #endif
     default:
-      return generic::forward_rows<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, out, s,
-                                                        begin, end, zeros, scratch);
+      return {generic::forward_rows<scalar_t, loc_t, acc_t, kD>,
+              generic::backward_task<scalar_t, loc_t, acc_t, kD>};
   }
 }
 
-template <typename scalar_t, typename loc_t, typename acc_t, int kD>
-void backward_task_isa(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                       const loc_t* loc, const loc_t* attn, const scalar_t* grad_out,
-                       acc_t* grad_nm, int64_t grad_stride, loc_t* grad_loc,
-                       loc_t* grad_attn, const Sizes& s, int64_t n, int64_t m,
-                       const scalar_t* zeros, acc_t* scratch) {
-  switch (cpu_isa()) {
-#ifdef DDETR_X86_CLONES
-    case Isa::kAvx512:
-      return avx512::backward_task<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn,
-                                                        grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
-    case Isa::kAvx2:
-      return avx2::backward_task<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
-#endif
-    default:
-      return generic::backward_task<scalar_t, loc_t, acc_t, kD>(value, shapes, starts, loc, attn,
-                                                         grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
-  }
-}
-
-// The kernel with D fixed at compile time for the common head dims, so that accumulators stay in
-// registers; any other D runs the general loop.
+// The kernels of the CPU's instruction set, with D fixed at compile time for the common head dims
+// so that accumulators stay in registers; any other D runs the general loop.
 template <typename scalar_t, typename loc_t, typename acc_t>
-void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                  const loc_t* loc, const loc_t* attn, scalar_t* out, const Sizes& s,
-                  int64_t begin, int64_t end, const scalar_t* zeros, acc_t* scratch) {
-  switch (s.D) {
+Kernels<scalar_t, loc_t, acc_t> cpu_kernels(int64_t D) {
+  switch (D) {
     case 32:
-      return forward_rows_isa<scalar_t, loc_t, acc_t, 32>(value, shapes, starts, loc, attn, out, s,
-                                                   begin, end, zeros, scratch);
+      return isa_kernels<scalar_t, loc_t, acc_t, 32>();
     case 64:
-      return forward_rows_isa<scalar_t, loc_t, acc_t, 64>(value, shapes, starts, loc, attn, out, s,
-                                                   begin, end, zeros, scratch);
+      return isa_kernels<scalar_t, loc_t, acc_t, 64>();
     default:
-      return forward_rows_isa<scalar_t, loc_t, acc_t, 0>(value, shapes, starts, loc, attn, out, s,
-                                                  begin, end, zeros, scratch);
-  }
-}
-
-template <typename scalar_t, typename loc_t, typename acc_t>
-void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                   const loc_t* loc, const loc_t* attn, const scalar_t* grad_out,
-                   acc_t* grad_nm, int64_t grad_stride, loc_t* grad_loc, loc_t* grad_attn,
-                   const Sizes& s, int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
-  switch (s.D) {
-    case 32:
-      return backward_task_isa<scalar_t, loc_t, acc_t, 32>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
-    case 64:
-      return backward_task_isa<scalar_t, loc_t, acc_t, 64>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
-    default:
-      return backward_task_isa<scalar_t, loc_t, acc_t, 0>(value, shapes, starts, loc, attn, grad_out, grad_nm, grad_stride, grad_loc, grad_attn, s, n, m, zeros, scratch);
+      return isa_kernels<scalar_t, loc_t, acc_t, 0>();
   }
 }
 
@@ -163,11 +128,11 @@ void forward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Te
   const loc_t* ap = attn.const_data_ptr<loc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const std::vector<scalar_t> zeros(s.D, scalar_t(0));
+  const auto forward_rows = cpu_kernels<scalar_t, loc_t, acc_t>(s.D).forward_rows;
   // One output row (n, q) is ~M * L * P * 4 * D multiply-adds; 16 rows amortise a task.
   at::parallel_for(0, s.N * s.Lq, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(s.D);
-    forward_rows<scalar_t, loc_t, acc_t>(v, sh, st, lp, ap, op, s, begin, end, zeros.data(),
-                                         scratch.data());
+    forward_rows(v, sh, st, lp, ap, op, s, begin, end, zeros.data(), scratch.data());
   });
 }
 
@@ -192,6 +157,7 @@ void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::T
   loc_t* glp = grad_loc.mutable_data_ptr<loc_t>();
   loc_t* gap = grad_attn.mutable_data_ptr<loc_t>();
   const std::vector<scalar_t> zeros(s.D, scalar_t(0));
+  const auto backward_task = cpu_kernels<scalar_t, loc_t, acc_t>(s.D).backward_task;
   const int64_t pixel_stride = s.M * s.D;
   at::parallel_for(0, s.N * s.M, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(2 * s.D);
@@ -200,12 +166,12 @@ void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::T
       const int64_t n = t / s.M, m = t % s.M;
       scalar_t* grad_nm = gvp + (n * s.S * s.M + m) * s.D;
       if constexpr (in_place) {
-        backward_task<scalar_t, loc_t, acc_t>(v, sh, st, lp, ap, gop, grad_nm, pixel_stride, glp,
-                                              gap, s, n, m, zeros.data(), scratch.data());
+        backward_task(v, sh, st, lp, ap, gop, grad_nm, pixel_stride, glp, gap, s, n, m,
+                      zeros.data(), scratch.data());
       } else {
         std::fill(buffer.begin(), buffer.end(), acc_t(0));
-        backward_task<scalar_t, loc_t, acc_t>(v, sh, st, lp, ap, gop, buffer.data(), s.D, glp,
-                                              gap, s, n, m, zeros.data(), scratch.data());
+        backward_task(v, sh, st, lp, ap, gop, buffer.data(), s.D, glp, gap, s, n, m,
+                      zeros.data(), scratch.data());
         for (int64_t j = 0; j < s.S; ++j) {
           for (int64_t d = 0; d < s.D; ++d) {
             grad_nm[j * pixel_stride + d] = static_cast<scalar_t>(buffer[j * s.D + d]);
