@@ -50,6 +50,23 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   return s;
 }
 
+// Checks that spatial_shapes has positive rows that cover S and that level_start_index holds the
+// start of each level. Reads the data: contiguous CPU tensors only.
+void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                      int64_t S) {
+  const int64_t* sh = spatial_shapes.const_data_ptr<int64_t>();
+  const int64_t* st = level_start_index.const_data_ptr<int64_t>();
+  int64_t start = 0;
+  for (int64_t l = 0; l < spatial_shapes.size(0); ++l) {
+    TORCH_CHECK(sh[2 * l] > 0 && sh[2 * l + 1] > 0, "spatial_shapes row ", l, " = (", sh[2 * l],
+                ", ", sh[2 * l + 1], ") must be positive");
+    TORCH_CHECK(st[l] == start, "level_start_index[", l, "] = ", st[l], " but level ", l,
+                " starts at ", start, " by spatial_shapes");
+    start += sh[2 * l] * sh[2 * l + 1];
+  }
+  TORCH_CHECK(start == S, "spatial_shapes cover ", start, " positions but value has S = ", S);
+}
+
 }  // namespace
 
 Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
@@ -71,24 +88,8 @@ Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                 "), got ", grad_output.sizes());
     in.grad_output = grad_output.to(value.scalar_type()).contiguous();
   }
+  if (in.value.is_cpu()) check_levels_cpu(in.spatial_shapes, in.level_start_index, s.S);
   return in;
-}
-
-void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
-                      int64_t S) {
-  const auto shapes = spatial_shapes.contiguous();
-  const auto starts = level_start_index.contiguous();
-  const int64_t* sh = shapes.const_data_ptr<int64_t>();
-  const int64_t* st = starts.const_data_ptr<int64_t>();
-  int64_t start = 0;
-  for (int64_t l = 0; l < shapes.size(0); ++l) {
-    TORCH_CHECK(sh[2 * l] > 0 && sh[2 * l + 1] > 0, "spatial_shapes row ", l, " = (", sh[2 * l],
-                ", ", sh[2 * l + 1], ") must be positive");
-    TORCH_CHECK(st[l] == start, "level_start_index[", l, "] = ", st[l], " but level ", l,
-                " starts at ", start, " by spatial_shapes");
-    start += sh[2 * l] * sh[2 * l + 1];
-  }
-  TORCH_CHECK(start == S, "spatial_shapes cover ", start, " positions but value has S = ", S);
 }
 
 }  // namespace deformable_detr

@@ -8,14 +8,10 @@
 #include "ms_deform_attn.h"
 #include "ms_deform_attn_sampling.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cstdlib>
 #include <algorithm>
@@ -118,14 +114,14 @@ Kernels<scalar_t, loc_t, acc_t> cpu_kernels(int64_t D) {
 
 // Forward over all N * Lq output rows.
 template <typename scalar_t, typename loc_t>
-void forward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
-                 const at::Tensor& loc, const at::Tensor& attn, at::Tensor& out, const Sizes& s) {
+void forward_cpu(const Inputs& in, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* v = value.const_data_ptr<scalar_t>();
-  const int64_t* sh = shapes.const_data_ptr<int64_t>();
-  const int64_t* st = starts.const_data_ptr<int64_t>();
-  const loc_t* lp = loc.const_data_ptr<loc_t>();
-  const loc_t* ap = attn.const_data_ptr<loc_t>();
+  const Sizes& s = in.s;
+  const scalar_t* v = in.value.const_data_ptr<scalar_t>();
+  const int64_t* sh = in.spatial_shapes.const_data_ptr<int64_t>();
+  const int64_t* st = in.level_start_index.const_data_ptr<int64_t>();
+  const loc_t* lp = in.sampling_locations.const_data_ptr<loc_t>();
+  const loc_t* ap = in.attention_weights.const_data_ptr<loc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const std::vector<scalar_t> zeros(s.D, scalar_t(0));
   const auto forward_rows = cpu_kernels<scalar_t, loc_t, acc_t>(s.D).forward_rows;
@@ -141,18 +137,17 @@ void forward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Te
 // dense) and rounds them once at the end, so the extra memory is S * D floats per thread rather
 // than a float32 copy of grad_value; float32/float64 sum in place.
 template <typename scalar_t, typename loc_t>
-void backward_cpu(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
-                  const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out,
-                  at::Tensor& grad_value, at::Tensor& grad_loc, at::Tensor& grad_attn,
-                  const Sizes& s) {
+void backward_cpu(const Inputs& in, at::Tensor& grad_value, at::Tensor& grad_loc,
+                  at::Tensor& grad_attn) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool in_place = std::is_same_v<acc_t, scalar_t>;
-  const scalar_t* v = value.const_data_ptr<scalar_t>();
-  const int64_t* sh = shapes.const_data_ptr<int64_t>();
-  const int64_t* st = starts.const_data_ptr<int64_t>();
-  const loc_t* lp = loc.const_data_ptr<loc_t>();
-  const loc_t* ap = attn.const_data_ptr<loc_t>();
-  const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
+  const Sizes& s = in.s;
+  const scalar_t* v = in.value.const_data_ptr<scalar_t>();
+  const int64_t* sh = in.spatial_shapes.const_data_ptr<int64_t>();
+  const int64_t* st = in.level_start_index.const_data_ptr<int64_t>();
+  const loc_t* lp = in.sampling_locations.const_data_ptr<loc_t>();
+  const loc_t* ap = in.attention_weights.const_data_ptr<loc_t>();
+  const scalar_t* gop = in.grad_output.const_data_ptr<scalar_t>();
   scalar_t* gvp = grad_value.mutable_data_ptr<scalar_t>();
   loc_t* glp = grad_loc.mutable_data_ptr<loc_t>();
   loc_t* gap = grad_attn.mutable_data_ptr<loc_t>();
@@ -189,17 +184,11 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in, const at::Tens
                                       const at::Tensor& attn_in) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
   const Sizes& s = in.s;
-  check_levels_cpu(in.spatial_shapes, in.level_start_index, s.S);
-  const at::Tensor &value = in.value, &shapes = in.spatial_shapes, &starts = in.level_start_index,
-                   &loc = in.sampling_locations, &attn = in.attention_weights;
-  auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
+  auto out = at::empty({s.N, s.Lq, s.M * s.D}, in.value.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-        with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
-          forward_cpu<scalar_t, decltype(loc_tag)>(value, shapes, starts, loc, attn, out, s);
-        });
-      });
+  dispatch_dtypes(in, "ms_deform_attn_forward_cpu", [&](auto value_tag, auto loc_tag) {
+    forward_cpu<decltype(value_tag), decltype(loc_tag)>(in, out);
+  });
   return out;
 }
 
@@ -208,21 +197,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& loc_in, const at::Tensor& attn_in, const at::Tensor& grad_out_in) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc_in, attn_in, grad_out_in);
   const Sizes& s = in.s;
-  check_levels_cpu(in.spatial_shapes, in.level_start_index, s.S);
-  const at::Tensor &value = in.value, &shapes = in.spatial_shapes, &starts = in.level_start_index,
-                   &loc = in.sampling_locations, &attn = in.attention_weights,
-                   &grad_out = in.grad_output;
-  auto grad_loc = at::zeros_like(loc);
-  auto grad_attn = at::zeros_like(attn);
-  auto grad_value = at::zeros_like(value);
+  auto grad_loc = at::zeros_like(in.sampling_locations);
+  auto grad_attn = at::zeros_like(in.attention_weights);
+  auto grad_value = at::zeros_like(in.value);
   if (s.N * s.Lq * s.M * s.L * s.P == 0 || s.D == 0) return {grad_value, grad_loc, grad_attn};
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-        with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
-          backward_cpu<scalar_t, decltype(loc_tag)>(value, shapes, starts, loc, attn, grad_out,
-                                                    grad_value, grad_loc, grad_attn, s);
-        });
-      });
+  dispatch_dtypes(in, "ms_deform_attn_backward_cpu", [&](auto value_tag, auto loc_tag) {
+    backward_cpu<decltype(value_tag), decltype(loc_tag)>(in, grad_value, grad_loc, grad_attn);
+  });
   return {grad_value, grad_loc, grad_attn};
 }
 

@@ -8,7 +8,6 @@
 #include "ms_deform_attn.h"
 #include "ms_deform_attn_sampling.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -126,23 +125,20 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
   const c10::cuda::CUDAGuard guard(value_in.device());
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
   const Sizes& s = in.s;
-  const at::Tensor &value = in.value, &shapes = in.spatial_shapes, &starts = in.level_start_index,
-                   &loc = in.sampling_locations, &attn = in.attention_weights;
-  auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
+  auto out = at::empty({s.N, s.Lq, s.M * s.D}, in.value.options());
   if (out.numel() == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
-          using loc_t = decltype(loc_tag);
-          forward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
-              value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
-              starts.const_data_ptr<int64_t>(), loc.const_data_ptr<loc_t>(),
-              attn.const_data_ptr<loc_t>(), out.mutable_data_ptr<scalar_t>(), s);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
+  dispatch_dtypes(in, "ms_deform_attn_forward_cuda", [&](auto value_tag, auto loc_tag) {
+    using scalar_t = decltype(value_tag);
+    using loc_t = decltype(loc_tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
+        in.value.const_data_ptr<scalar_t>(), in.spatial_shapes.const_data_ptr<int64_t>(),
+        in.level_start_index.const_data_ptr<int64_t>(),
+        in.sampling_locations.const_data_ptr<loc_t>(),
+        in.attention_weights.const_data_ptr<loc_t>(), out.mutable_data_ptr<scalar_t>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return out;
 }
 
@@ -152,34 +148,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const c10::cuda::CUDAGuard guard(value_in.device());
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc_in, attn_in, grad_out_in);
   const Sizes& s = in.s;
-  const at::Tensor &value = in.value, &shapes = in.spatial_shapes, &starts = in.level_start_index,
-                   &loc = in.sampling_locations, &attn = in.attention_weights,
-                   &grad_out = in.grad_output;
-  auto grad_loc = at::zeros_like(loc);
-  auto grad_attn = at::zeros_like(attn);
-  const auto acc_type = at::toOpMathType(value.scalar_type());
-  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_type));
+  auto grad_loc = at::zeros_like(in.sampling_locations);
+  auto grad_attn = at::zeros_like(in.attention_weights);
+  const auto acc_type = at::toOpMathType(in.value.scalar_type());
+  auto grad_value_acc = at::zeros(in.value.sizes(), in.value.options().dtype(acc_type));
   const int64_t samples = s.N * s.Lq * s.M * s.L * s.P;
   if (samples > 0 && s.D > 0) {
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
-          using acc_t = at::opmath_type<scalar_t>;
-          with_location_type<scalar_t>(loc.scalar_type(), [&](auto loc_tag) {
-            using loc_t = decltype(loc_tag);
-            backward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(samples), kThreads, 0, stream>>>(
-                value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
-                starts.const_data_ptr<int64_t>(), loc.const_data_ptr<loc_t>(),
-                attn.const_data_ptr<loc_t>(), grad_out.const_data_ptr<scalar_t>(),
-                grad_value_acc.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<loc_t>(),
-                grad_attn.mutable_data_ptr<loc_t>(), s);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          });
-        });
+    dispatch_dtypes(in, "ms_deform_attn_backward_cuda", [&](auto value_tag, auto loc_tag) {
+      using scalar_t = decltype(value_tag);
+      using loc_t = decltype(loc_tag);
+      using acc_t = at::opmath_type<scalar_t>;
+      backward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(samples), kThreads, 0, stream>>>(
+          in.value.const_data_ptr<scalar_t>(), in.spatial_shapes.const_data_ptr<int64_t>(),
+          in.level_start_index.const_data_ptr<int64_t>(),
+          in.sampling_locations.const_data_ptr<loc_t>(),
+          in.attention_weights.const_data_ptr<loc_t>(), in.grad_output.const_data_ptr<scalar_t>(),
+          grad_value_acc.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<loc_t>(),
+          grad_attn.mutable_data_ptr<loc_t>(), s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
-  auto grad_value = grad_value_acc.scalar_type() == value.scalar_type()
+  auto grad_value = grad_value_acc.scalar_type() == in.value.scalar_type()
                         ? grad_value_acc
-                        : grad_value_acc.to(value.scalar_type());
+                        : grad_value_acc.to(in.value.scalar_type());
   return {grad_value, grad_loc, grad_attn};
 }
 
