@@ -4,4 +4,4 @@ from .ddetr_r50 import dataloader, lr_multiplier, model, optimizer, train
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
 
-model.with_box_refine = True  # DEFORMABLE_DETR.WITH_BOX_REFINE
+model.transformer.with_box_refine = True  # DEFORMABLE_DETR.WITH_BOX_REFINE

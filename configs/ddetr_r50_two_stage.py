@@ -4,6 +4,6 @@ from .ddetr_r50 import dataloader, lr_multiplier, model, optimizer, train
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
 
-model.with_box_refine = True  # DEFORMABLE_DETR.WITH_BOX_REFINE
-model.two_stage = True  # DEFORMABLE_DETR.TWO_STAGE: encoder proposals become the queries
+model.transformer.with_box_refine = True  # DEFORMABLE_DETR.WITH_BOX_REFINE
+model.transformer.two_stage = True  # DEFORMABLE_DETR.TWO_STAGE: encoder proposals become the queries
 model.transformer.two_stage_num_proposals = 300  # DEFORMABLE_DETR.TWO_STAGE_NUM_PROPOSALS

@@ -22,8 +22,8 @@ model.backbone.freeze_at = 0  # BACKBONE.FREEZE_AT: nothing pretrained to keep
 model.neck.input_shape = {"res3": ShapeSpec(channels=128, stride=8),
                           "res4": ShapeSpec(channels=256, stride=16),
                           "res5": ShapeSpec(channels=512, stride=32)}
-model.num_classes = 3  # DEFORMABLE_DETR.NUM_CLASSES: circle, square, triangle
-model.num_queries = 30  # DEFORMABLE_DETR.NUM_QUERIES: at most a handful of objects per image
+model.transformer.num_classes = 3  # DEFORMABLE_DETR.NUM_CLASSES: circle, square, triangle
+model.transformer.num_queries = 30  # DEFORMABLE_DETR.NUM_QUERIES: at most a handful of objects per image
 model.transformer.d_model = 128  # DEFORMABLE_DETR.HIDDEN_DIM
 model.position_embedding.num_pos_feats = 64  # half of HIDDEN_DIM
 model.transformer.nhead = 4  # DEFORMABLE_DETR.NHEADS
@@ -32,7 +32,7 @@ model.transformer.num_decoder_layers = 2  # DEFORMABLE_DETR.DEC_LAYERS
 model.transformer.dim_feedforward = 512  # DEFORMABLE_DETR.DIM_FEEDFORWARD
 model.transformer.dropout = 0.0  # DEFORMABLE_DETR.DROPOUT: 350 iterations are too few to need it
 model.neck.num_feature_levels = 3  # DEFORMABLE_DETR.NUM_FEATURE_LEVELS
-model.with_box_refine = True  # DEFORMABLE_DETR.WITH_BOX_REFINE
+model.transformer.with_box_refine = True  # DEFORMABLE_DETR.WITH_BOX_REFINE
 # TEST.DETECTIONS_PER_IMAGE: at most NUM_QUERIES x NUM_CLASSES is meaningful; 30 are plenty
 model.detections_per_image = 30
 

@@ -52,6 +52,8 @@ model = L(DeformableDETR)(
     ),
     # DEFORMABLE_DETR.TRANSFORMER_NAME "DeformableTransformer"
     transformer=L(DeformableTransformer)(
+        num_classes=80,  # DEFORMABLE_DETR.NUM_CLASSES: COCO
+        num_queries=300,  # DEFORMABLE_DETR.NUM_QUERIES
         d_model=256,  # DEFORMABLE_DETR.HIDDEN_DIM: the transformer's width C
         nhead=8,  # DEFORMABLE_DETR.NHEADS
         num_encoder_layers=6,  # DEFORMABLE_DETR.ENC_LAYERS
@@ -62,11 +64,12 @@ model = L(DeformableDETR)(
         num_feature_levels="${..neck.num_feature_levels}",  # the neck's L levels
         enc_n_points=4,  # DEFORMABLE_DETR.ENC_N_POINTS: sampling points per head and level
         dec_n_points=4,  # DEFORMABLE_DETR.DEC_N_POINTS
-        two_stage="${..two_stage}",  # DEFORMABLE_DETR.TWO_STAGE, set on the model
+        with_box_refine=False,  # DEFORMABLE_DETR.WITH_BOX_REFINE
+        two_stage=False,  # DEFORMABLE_DETR.TWO_STAGE: encoder proposals become the queries
         two_stage_num_proposals=300,  # DEFORMABLE_DETR.TWO_STAGE_NUM_PROPOSALS
     ),
     criterion=L(SetCriterion)(
-        num_classes="${..num_classes}",  # DEFORMABLE_DETR.NUM_CLASSES, set on the model
+        num_classes="${..transformer.num_classes}",  # DEFORMABLE_DETR.NUM_CLASSES
         matcher=L(HungarianMatcher)(
             cost_class=2.0,  # DEFORMABLE_DETR.SET_COST_CLASS
             cost_bbox=5.0,  # DEFORMABLE_DETR.SET_COST_BBOX
@@ -80,11 +83,7 @@ model = L(DeformableDETR)(
         focal_alpha=0.25,  # DEFORMABLE_DETR.FOCAL_ALPHA
         focal_gamma=2.0,  # DEFORMABLE_DETR.FOCAL_GAMMA
     ),
-    num_classes=80,  # DEFORMABLE_DETR.NUM_CLASSES: COCO
-    num_queries=300,  # DEFORMABLE_DETR.NUM_QUERIES
     aux_loss=True,  # DEFORMABLE_DETR.AUX_LOSS: losses on every decoder layer
-    with_box_refine=False,  # DEFORMABLE_DETR.WITH_BOX_REFINE
-    two_stage=False,  # DEFORMABLE_DETR.TWO_STAGE
     # MODEL.PIXEL_MEAN / PIXEL_STD: RGB on a 0-255 scale, ImageNet statistics
     pixel_mean=[123.675, 116.280, 103.530],
     pixel_std=[58.395, 57.120, 57.375],

@@ -34,7 +34,7 @@ def test_training_returns_finite_named_losses_and_reaches_every_parameter(name):
     expected = {"loss_ce", "loss_bbox", "loss_giou"}
     expected |= {f"{k}_{i}" for k in ("loss_ce", "loss_bbox", "loss_giou")
                  for i in range(dec_layers - 1)}
-    if model.two_stage:
+    if model.transformer.queries.two_stage:
         expected |= {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"}
     assert set(losses) == expected
     for k, v in losses.items():
@@ -50,16 +50,17 @@ def test_training_returns_finite_named_losses_and_reaches_every_parameter(name):
                                   "ddetr_r50_two_stage.yaml"])
 def test_initial_values(name):
     model = build(name)
+    heads, queries = model.transformer.heads, model.transformer.queries
     prior_logit = -math.log((1 - 0.01) / 0.01)
-    for head in model.class_embed:
+    for head in heads.class_embed:
         assert torch.allclose(head.bias, torch.full_like(head.bias, prior_logit))
-    for i, head in enumerate(model.bbox_embed):
+    for i, head in enumerate(heads.bbox_embed):
         last = head.layers[-1]
         assert torch.count_nonzero(last.weight) == 0
         assert torch.count_nonzero(last.bias[:2]) == 0
-        if model.two_stage:
+        if heads.two_stage:
             expected_wh = 0.0
-        elif model.with_box_refine:
+        elif heads.refine:
             expected_wh = -2.0 if i == 0 else 0.0
         else:
             expected_wh = -2.0
@@ -72,8 +73,11 @@ def test_initial_values(name):
         assert torch.count_nonzero(attn.attention_weights.weight) == 0
         assert torch.allclose(attn.sampling_offsets.bias.view(8, 4, 4, 2)[0, 0, :, 0],
                               torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    if not model.two_stage:
-        assert torch.count_nonzero(model.transformer.reference_points.bias) == 0
+    if not queries.two_stage:
+        assert torch.count_nonzero(queries.reference_points.bias) == 0
+        # the learned queries keep nn.Embedding's N(0, 1) (300 x 512 draws), not Xavier's
+        # uniform (std 0.05 for this shape)
+        assert abs(queries.query_embed.weight.std().item() - 1.0) < 0.01
     # level embedding from N(0, 1): 4 x 256 draws
     assert abs(model.transformer.level_embed.std().item() - 1.0) < 0.1
     # input projections: Xavier-uniform convs with zero bias

@@ -62,13 +62,17 @@ def test_valid_ratios_place_reference_points_in_the_valid_image():
     """Hand-worked: a level-0 pixel's centre, normalised by the image's valid size on level 0,
     lands on every level at the same place of the image, through each level's valid ratio."""
     from deformable_detr.modeling.encoder_decoder import encoder_reference_points
-    from deformable_detr.modeling.transformer import valid_ratios
+    from deformable_detr.modeling.levels import flatten_levels
 
     # levels 4x6 and 2x3; the image covers 2x3 of level 0 and 1x2 of level 1
     masks = [torch.ones(1, 4, 6, dtype=torch.bool), torch.ones(1, 2, 3, dtype=torch.bool)]
     masks[0][0, :2, :3] = False
     masks[1][0, :1, :2] = False
-    ratios = torch.stack([valid_ratios(m) for m in masks], 1)  # (1, L, 2) as (w, h)
+    maps = [torch.zeros(1, 4, 4, 6), torch.zeros(1, 4, 2, 3)]
+    levels = flatten_levels(maps, masks, maps, torch.zeros(2, 4))[2]
+    assert levels.sizes == [(4, 6), (2, 3)] and levels.starts.tolist() == [0, 24]
+    assert levels.valid.tolist() == [[[3, 2], [2, 1]]]  # (1, L, 2) as (w, h)
+    ratios = levels.ratios
     torch.testing.assert_close(ratios, torch.tensor([[[0.5, 0.5], [2 / 3, 0.5]]]))
     refs = encoder_reference_points([(4, 6), (2, 3)], ratios)  # (1, S, L, 2)
     # level-0 pixel (row 0, col 1): centre (1.5, 0.5) over the valid size (3, 2) = (0.5, 0.25)

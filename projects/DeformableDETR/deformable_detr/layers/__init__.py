@@ -3,7 +3,7 @@ and the sine position encoding."""
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_op import extension_available, kernel_available, ms_deform_attn
 from .ms_deform_attn_ref import ms_deform_attn_pytorch
-from .position_encoding import PositionEmbeddingSine
+from .position_encoding import PositionEmbeddingSine, sine_embedding
 
 __all__ = [
     "MSDeformAttn",
@@ -12,4 +12,5 @@ __all__ = [
     "kernel_available",
     "ms_deform_attn",
     "ms_deform_attn_pytorch",
+    "sine_embedding",
 ]

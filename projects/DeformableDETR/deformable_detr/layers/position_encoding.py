@@ -12,7 +12,18 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PositionEmbeddingSine"]
+__all__ = ["PositionEmbeddingSine", "sine_embedding"]
+
+
+def sine_embedding(coords: torch.Tensor, num_feats: int, temperature: float = 10000
+                   ) -> torch.Tensor:
+    """(...) coordinates -> (..., F), F = num_feats: channel 2k is sin(p / T^(2k/F)) and channel
+    2k+1 cos(p / T^(2k/F)), p the coordinate and T the temperature."""
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
+    pos = coords[..., None] / dim_t  # (..., F)
+    # interleave: (..., F/2, 2) -> (..., F) as sin, cos, sin, cos, ...
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -61,13 +72,7 @@ class PositionEmbeddingSine(nn.Module):
             eps = 1e-6
             y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * self.scale
             x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * self.scale
-        F = self.num_pos_feats
-        dim_t = torch.arange(F, dtype=torch.float32, device=mask.device)
-        dim_t = self.temperature ** (2 * (dim_t // 2) / F)
-        # (N, H, W) -> (N, H, W, F)
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
-        # interleave: (N, H, W, F/2, 2) -> (N, H, W, F) as sin, cos, sin, cos, ...
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        # (N, H, W) -> (N, H, W, F) per axis -> (N, 2F, H, W)
+        pos_y = sine_embedding(y_embed, self.num_pos_feats, self.temperature)
+        pos_x = sine_embedding(x_embed, self.num_pos_feats, self.temperature)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)

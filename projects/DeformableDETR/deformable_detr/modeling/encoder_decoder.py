@@ -1,15 +1,17 @@
-"""The deformable encoder and decoder stacks: reference points, valid ratios, box refinement.
+"""The deformable encoder and decoder stacks: reference points, and the heads applied after
+every decoder layer (box refinement).
 
-Shapes: N batch, S encoder pixels (all levels), Q object queries, C model width, L levels,
-D decoder layers.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .box_head import refine_boxes
-from .layers import DeformableDecoderLayer, DeformableEncoderLayer
+from .heads import DetectionHeads
+from .levels import Levels
+from .queries import Queries
+from .transformer_layers import DeformableDecoderLayer, DeformableEncoderLayer
 
 __all__ = ["DeformableEncoder", "DeformableDecoder", "encoder_reference_points"]
 
@@ -46,57 +48,52 @@ class DeformableEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DeformableEncoderLayer(**layer_kwargs) for _ in range(num_layers))
 
-    def forward(self, src, pos, spatial_shapes, level_sizes, level_start_index, valid_ratios,
-                padding_mask=None):
-        """
-        Args:
-            src, pos: (N, S, C). spatial_shapes: (L, 2); level_sizes: the same as (H, W) ints;
-            level_start_index: (L,); valid_ratios: (N, L, 2); padding_mask: (N, S) bool.
-        Returns:
-            memory (N, S, C).
-        """
-        reference_points = encoder_reference_points(level_sizes, valid_ratios)
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, levels: Levels) -> torch.Tensor:
+        """src, pos: (N, S, C) -> memory (N, S, C)."""
+        reference_points = encoder_reference_points(levels.sizes, levels.ratios)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index,
-                        padding_mask)
+            src = layer(src, pos, reference_points, levels.shapes, levels.starts, levels.mask)
         return src
 
 
 class DeformableDecoder(nn.Module):
-    """`num_layers` DeformableDecoderLayer, each followed by its box head.
+    """`num_layers` DeformableDecoderLayer, each followed by its class and box heads.
 
-    With refinement each layer's boxes become (detached) the next layer's reference boxes;
-    without, every layer keeps the initial reference points.
+    With refinement (heads.refine) each layer's boxes become (detached) the next layer's
+    reference boxes; without, every layer keeps the initial reference points.
     """
 
     def __init__(self, num_layers: int, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(DeformableDecoderLayer(**layer_kwargs) for _ in range(num_layers))
 
-    def forward(self, tgt, query_pos, reference, memory, spatial_shapes, level_start_index,
-                valid_ratios, memory_padding_mask: Optional[torch.Tensor],
-                box_heads: List[nn.Module], refine: bool):
+    def forward(self, queries: Queries, memory: torch.Tensor, levels: Levels,
+                heads: DetectionHeads) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            tgt, query_pos: (N, Q, C). reference: (N, Q, 2) points or (N, Q, 4) boxes in [0, 1]
-                of the valid image. memory: (N, S, C); spatial_shapes (L, 2); level_start_index
-                (L,); valid_ratios (N, L, 2); memory_padding_mask (N, S) bool.
-            box_heads: one box head per layer (the same module repeated when shared).
-            refine: whether each layer's boxes are the next layer's references.
+            queries: the object queries and their reference points or boxes.
+            memory: (N, S, C) encoder output.
+            heads: the D layers' class and box heads.
         Returns:
-            hs: (D, N, Q, C) every layer's output; boxes: (D, N, Q, 4) every layer's boxes.
+            logits (D, N, Q, K) and boxes (D, N, Q, 4) of every layer.
         """
+        tgt, reference = queries.content, queries.reference
         hs, boxes = [], []
-        for layer, box_head in zip(self.layers, box_heads):
-            # references are relative to the valid image; the attention samples in padded maps
-            ratios = valid_ratios if reference.shape[-1] == 2 else torch.cat([valid_ratios] * 2, -1)
+        for i, layer in enumerate(self.layers):
+            # references are relative to the valid image; the attention samples in padded maps.
+            # With refinement the first layer's points become boxes for the next layers.
+            ratios = levels.ratios
+            if reference.shape[-1] == 4:
+                ratios = torch.cat([ratios, ratios], -1)  # (N, L, 4): (w, h) for (cx, cy, w, h)
             # (N, Q, 2|4) -> (N, Q, L, 2|4)
             reference_input = reference[:, :, None] * ratios[:, None]
-            tgt = layer(tgt, query_pos, reference_input, memory, spatial_shapes,
-                        level_start_index, memory_padding_mask)
-            layer_boxes = refine_boxes(box_head(tgt), reference)
-            if refine:
+            tgt = layer(tgt, queries.position, reference_input, memory, levels.shapes,
+                        levels.starts, levels.mask)
+            layer_boxes = heads.boxes(i, tgt, reference)
+            if heads.refine:
                 reference = layer_boxes.detach()
             hs.append(tgt)
             boxes.append(layer_boxes)
-        return torch.stack(hs), torch.stack(boxes)
+        # the class heads read the stacked outputs, as released (the order in which autograd
+        # sums the gradients of each layer's output then stays the release's)
+        return heads.logits(torch.stack(hs)), torch.stack(boxes)

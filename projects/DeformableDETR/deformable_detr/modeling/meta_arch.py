@@ -1,9 +1,7 @@
 """The Deformable DETR meta-architecture for Detectron2.
 
-Shapes: N batch, C model width, Q object queries, K classes, T targets of an image, D decoder
-layers, L feature levels.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
-import copy
 import math
 from typing import Dict, List
 
@@ -16,12 +14,12 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from ..layers import PositionEmbeddingSine
-from .box_head import MLP
 from .criterion import SetCriterion
 from .input_checks import check_batched_inputs
 from .matcher import HungarianMatcher
 from .neck import build_neck
 from .per_image import features_per_image
+from .released_names import use_released_names
 from .transformer import build_transformer
 
 __all__ = ["DeformableDETR"]
@@ -29,25 +27,28 @@ __all__ = ["DeformableDETR"]
 
 @META_ARCH_REGISTRY.register()
 class DeformableDETR(nn.Module):
-    """Backbone -> neck -> deformable transformer -> class and box heads on every decoder layer.
+    """Backbone -> neck -> deformable transformer (with the class and box heads of every decoder
+    layer) -> set criterion in training, top-k detections at inference.
 
     Training returns the weighted losses; inference returns, per image, the top
     `detections_per_image` (query, class) pairs by sigmoid score as Instances in the original
     image size (no NMS). With `batch_invariant_inference` (the default) the backbone and the
     neck see each image at its own size at test time, so that its detections do not depend on
     the other images of its batch; training always runs on the padded batch, as released.
+
+    state_dict() and load_state_dict() use the released checkpoints' names
+    (see released_names.py).
     """
 
     @configurable
     def __init__(self, *, backbone, neck, position_embedding, transformer, criterion,
-                 num_classes: int, num_queries: int, aux_loss: bool, with_box_refine: bool,
-                 two_stage: bool, pixel_mean, pixel_std, detections_per_image: int = 100,
+                 aux_loss: bool, pixel_mean, pixel_std, detections_per_image: int = 100,
                  batch_invariant_inference: bool = True):
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("num_queries", num_queries),
-                            ("detections_per_image", detections_per_image)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if (not isinstance(detections_per_image, int) or isinstance(detections_per_image, bool)
+                or detections_per_image < 1):
+            raise ValueError(f"detections_per_image (TEST.DETECTIONS_PER_IMAGE) must be an int "
+                             f">= 1, got {detections_per_image!r}")
         if len(pixel_mean) != len(pixel_std) or not pixel_mean:
             raise ValueError(f"pixel_mean and pixel_std (MODEL.PIXEL_MEAN / PIXEL_STD) need one "
                              f"value per image channel each, got {list(pixel_mean)} and "
@@ -61,40 +62,11 @@ class DeformableDETR(nn.Module):
         self.transformer = transformer
         self.criterion = criterion
         self.aux_loss = aux_loss
-        self.with_box_refine = with_box_refine
-        self.two_stage = two_stage
         self.detections_per_image = detections_per_image
         self.batch_invariant_inference = batch_invariant_inference
-        hidden = transformer.d_model
-        if not two_stage:
-            self.query_embed = nn.Embedding(num_queries, hidden * 2)
-        self.class_embed, self.bbox_embed = self._make_heads(hidden, num_classes)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-
-    def _make_heads(self, hidden, num_classes):
-        """One class and one box head per decoder layer (plus one for the two-stage proposals):
-        copies with refinement, else the same module repeated, with the released init."""
-        class_head = nn.Linear(hidden, num_classes)
-        prior = 0.01  # initial foreground probability
-        nn.init.constant_(class_head.bias, -math.log((1 - prior) / prior))
-        box_head = MLP(hidden, hidden, 4, 3)
-        nn.init.zeros_(box_head.layers[-1].weight)
-        nn.init.zeros_(box_head.layers[-1].bias)
-        num_pred = len(self.transformer.decoder.layers) + (1 if self.two_stage else 0)
-        if self.with_box_refine:
-            class_heads = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_pred))
-            box_heads = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_pred))
-            # only the first layer starts from small boxes; later ones refine
-            nn.init.constant_(box_heads[0].layers[-1].bias[2:], -2.0)
-        else:
-            nn.init.constant_(box_head.layers[-1].bias[2:], -2.0)
-            class_heads = nn.ModuleList(class_head for _ in range(num_pred))
-            box_heads = nn.ModuleList(box_head for _ in range(num_pred))
-        if self.two_stage:
-            for head in box_heads:
-                nn.init.zeros_(head.layers[-1].bias[2:])
-        return class_heads, box_heads
+        use_released_names(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -118,11 +90,7 @@ class DeformableDETR(nn.Module):
                 scale=c.POSITION_SCALE),
             transformer=build_transformer(cfg),
             criterion=criterion,
-            num_classes=c.NUM_CLASSES,
-            num_queries=c.NUM_QUERIES,
             aux_loss=c.AUX_LOSS,
-            with_box_refine=c.WITH_BOX_REFINE,
-            two_stage=c.TWO_STAGE,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
             pixel_std=cfg.MODEL.PIXEL_STD,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -157,18 +125,14 @@ class DeformableDETR(nn.Module):
         else:
             srcs, masks = self.neck(self.backbone(images.tensor), mask)
         pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
-        query_embed = None if self.two_stage else self.query_embed.weight
-        out = self.transformer(srcs, masks, pos, query_embed, self.class_embed, self.bbox_embed,
-                               refine=self.with_box_refine, rank_padding=not invariant)
-        hs, boxes = out["hs"], out["boxes"]  # (D, N, Q, C), (D, N, Q, 4)
-        logits = [head(h) for head, h in zip(self.class_embed, hs)]  # D x (N, Q, K)
+        out = self.transformer(srcs, masks, pos, rank_padding=not invariant)
+        logits, boxes = out["logits"], out["boxes"]  # (D, N, Q, K), (D, N, Q, 4)
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
                                       for a, b in zip(logits[:-1], boxes[:-1])]
-        if self.two_stage:
-            outputs["enc_outputs"] = {"pred_logits": out["enc_logits"],
-                                      "pred_boxes": out["enc_boxes"]}
+        if "proposals" in out:
+            outputs["enc_outputs"] = out["proposals"]
         return outputs
 
     def forward(self, batched_inputs: List[Dict]):
