@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .ms_deform_attn_op import ms_deform_attn
+from .ms_deform_attn_op import ms_deform_attn_unchecked
 
 __all__ = ["MSDeformAttn"]
 
@@ -123,5 +123,7 @@ class MSDeformAttn(nn.Module):
             locations = ref + offsets / wh[None, None, None, :, None, :]
         else:
             locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+        # the shapes are checked above and the levels are the caller's: no second check
+        out = ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, locations,
+                                       weights)
         return self.output_proj(out)

@@ -1,5 +1,5 @@
 """The multi-scale deformable attention op: the compiled kernels as a torch operator, and the
-wrapper that checks inputs and chooses kernel or reference.
+wrapper that checks inputs (the public `ms_deform_attn`) and chooses kernel or reference.
 
 `torch.ops.deformable_detr.ms_deform_attn` is defined in csrc/vision.cpp; this module gives it
 autograd (the backward is the operator `ms_deform_attn_backward`) and fake kernels, so that
@@ -15,7 +15,8 @@ import torch
 from .ms_deform_attn_checks import check_ms_deform_attn_inputs
 from .ms_deform_attn_ref import ms_deform_attn_pytorch
 
-__all__ = ["ms_deform_attn", "extension_available", "kernel_available"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_unchecked", "extension_available",
+           "kernel_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,15 @@ def ms_deform_attn(
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
+    return ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, sampling_locations,
+                                    attention_weights)
+
+
+def ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, sampling_locations,
+                             attention_weights) -> torch.Tensor:
+    """ms_deform_attn() without its input checks, for callers whose inputs are right by
+    construction (MSDeformAttn): no device sync to read spatial_shapes back. The C++ entry points
+    still check what reaches the kernels."""
     value, sampling_locations, attention_weights = _compute_dtypes(
         value, sampling_locations, attention_weights)
     N, _, M, D = value.shape

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from .matcher import check_focal, check_set_outputs, check_targets
+from .matcher import HungarianMatcher, check_focal, check_set_outputs, check_targets
 
 __all__ = ["SetCriterion"]
 
@@ -142,7 +142,9 @@ class SetCriterion(nn.Module):
     def _set_losses(self, outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping],
                     num_boxes: float, suffix: str) -> Dict[str, torch.Tensor]:
         """Matches one set of predictions and returns its weighted losses, names + suffix."""
-        indices = self.matcher(outputs, targets)
+        # forward() has checked outputs and targets: a HungarianMatcher need not check again
+        match = self.matcher.match if isinstance(self.matcher, HungarianMatcher) else self.matcher
+        indices = match(outputs, targets)
         losses = {}
         for name in self.losses:
             for term, value in self._LOSSES[name](self, outputs, targets, indices,

@@ -111,6 +111,14 @@ def check_focal(focal_alpha, focal_gamma) -> None:
         raise ValueError(f"focal_gamma must be a non-negative number, got {focal_gamma!r}")
 
 
+def _raise_not_finite(outputs: Mapping[str, torch.Tensor]) -> None:
+    """Raises naming the predictions that hold NaN or inf, if any."""
+    bad = [f"outputs[{k!r}]" for k in ("pred_logits", "pred_boxes")
+           if not torch.isfinite(outputs[k]).all()]
+    if bad:
+        raise ValueError(f"cannot match: {' and '.join(bad)} contain NaN or inf")
+
+
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets that minimises, per image, the sum of
 
@@ -174,14 +182,19 @@ class HungarianMatcher(nn.Module):
             ascending: query pred_idx[j] is matched to target target_idx[j].
         """
         check_targets(targets, *check_set_outputs(outputs))
+        # one device sync for both tensors; the names only when something is wrong
+        if not bool(torch.isfinite(outputs["pred_logits"]).all()
+                    & torch.isfinite(outputs["pred_boxes"]).all()):
+            _raise_not_finite(outputs)
+        return self.match(outputs, targets)
+
+    @torch.no_grad()
+    def match(self, outputs: Dict[str, torch.Tensor],
+              targets: List[Dict[str, torch.Tensor]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """forward() without its input checks, for callers that have checked the inputs already
+        (SetCriterion checks them once for all layers)."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         N, Q = logits.shape[:2]
-        # Caught here, a diverged model fails with its cause, not inside scipy (one device sync
-        # for both tensors; the names only when something is wrong).
-        if not bool(torch.isfinite(logits).all() & torch.isfinite(boxes).all()):
-            bad = [f"outputs[{k!r}]" for k in ("pred_logits", "pred_boxes")
-                   if not torch.isfinite(outputs[k]).all()]
-            raise ValueError(f"cannot match: {' and '.join(bad)} contain NaN or inf")
         # One cost matrix for the whole batch, (N Q, sum(T)), is one set of big kernels rather
         # than N small ones; only each image's own block is used below.
         cost = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1),
@@ -189,7 +202,10 @@ class HungarianMatcher(nn.Module):
                                 torch.cat([t["boxes"] for t in targets]).to(boxes.dtype))
         # float64 holds any float dtype exactly, and scipy takes no half precision.
         cost = cost.view(N, Q, cost.shape[-1]).to("cpu", torch.float64)
-        if not torch.isfinite(cost).all():  # checked on the CPU copy: no extra device sync
+        if not torch.isfinite(cost).all():
+            # Checked on the CPU copy: no device sync unless something is wrong. A diverged
+            # model fails here with its cause, not inside scipy.
+            _raise_not_finite(outputs)
             raise ValueError("the matching cost is not finite: a zero-area predicted or target "
                              "box leaves GIoU undefined")
         sizes = [len(t["labels"]) for t in targets]
