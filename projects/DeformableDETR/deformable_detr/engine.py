@@ -20,16 +20,17 @@ from .data import DetrDatasetMapper
 from .data.coco_checks import check_coco_datasets
 from .solver import build_optimizer
 
-__all__ = ["Trainer", "WeightsCheckpointer", "coco_evaluator", "create_ddp_model"]
+__all__ = ["Trainer", "WeightsCheckpointer", "coco_evaluator", "wrap_distributed"]
 
 logger = logging.getLogger(__name__)
 
 
-def create_ddp_model(model: torch.nn.Module, *, broadcast_buffers: bool = False,
+def wrap_distributed(model: torch.nn.Module, *, broadcast_buffers: bool = False,
                      find_unused_parameters: bool = False) -> torch.nn.Module:
     """DistributedDataParallel (with these two of its arguments) when there are several
-    processes. A model on the CPU gets no device_ids (Detectron2's create_ddp_model passes the
-    local rank, which DDP rejects there)."""
+    processes. Named apart from Detectron2's create_ddp_model, which behaves otherwise: here a
+    model on the CPU gets no device_ids (Detectron2's passes the local rank, which DDP rejects
+    there)."""
     if comm.get_world_size() == 1:
         return model
     on_gpu = next(model.parameters()).device.type == "cuda"
@@ -79,7 +80,7 @@ class Trainer(DefaultTrainer):
     the datasets is checked (data/coco_checks.py) before anything is built or run."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except for the DDP wrapper (see create_ddp_model).
+        # DefaultTrainer.__init__, except for the DDP wrapper (see wrap_distributed).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -90,7 +91,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model)
+        model = wrap_distributed(model)
         trainer_type = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_type(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .data.coco_checks import check_coco_datasets
-from .engine import WeightsCheckpointer, create_ddp_model
+from .engine import WeightsCheckpointer, wrap_distributed
 from .solver import check_lazy_solver
 
 __all__ = ["dataset_names", "do_test", "do_train", "evaluate", "load_lazy_config"]
@@ -129,7 +129,7 @@ def do_train(cfg: DictConfig, resume: bool) -> None:
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = wrap_distributed(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader,
                                                                        optimizer)
     checkpointer = WeightsCheckpointer(model, cfg.train.output_dir, trainer=trainer)
