@@ -6,8 +6,8 @@ none for our operator `deformable_detr::ms_deform_attn`, nor for
 it returns no attention weights, as in our decoder), so without the handles below both would
 count zero. fvcore's convention holds throughout: one fused multiply-add is one flop.
 
-Shapes: N batch, S value length, M heads, D head dim, Lq queries, L levels, P points,
-E / Ev query-key / value head dims of scaled dot-product attention.
+Shapes: see the legend in deformable_detr/__init__.py (E / Ev: the query-key / value
+head widths of scaled dot-product attention).
 """
 import logging
 from math import prod

@@ -1,7 +1,7 @@
 """Writing the model as an AOTInductor package (.pt2: torch.export + Inductor's compiled C++),
 and running the package.
 
-Shapes: H x W the image's size at the test-time resize, K detections.
+Shapes: H x W the image's size at the test-time resize, R detections.
 
 Running a package needs torch and the op's library only, not Detectron2: the compiled code calls
 deformable_detr::ms_deform_attn through the dispatcher, so load

@@ -1,6 +1,6 @@
 """How far an exported model's detections are from the eager model's.
 
-Shapes: K detections; boxes (K, 4) xyxy in pixels, scores (K,), classes (K,).
+Shapes: R detections; boxes (R, 4) xyxy in pixels, scores (R,), classes (R,).
 """
 from typing import Dict, Sequence, Tuple
 

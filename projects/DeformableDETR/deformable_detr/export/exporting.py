@@ -1,6 +1,6 @@
 """Writing the model as TorchScript (tracing) or ONNX (standard operators), and running the files.
 
-Shapes: H x W the image's size at the test-time resize, K detections.
+Shapes: H x W the image's size at the test-time resize, R detections.
 """
 import contextlib
 import io
@@ -57,7 +57,7 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: str) -> None
 def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
     """Writes model to path (a file name or a binary file object) as ONNX (opset 17, default-
     domain operators only): input "image" (3, height, width) with dynamic height and width,
-    outputs "boxes" (K, 4), "scores" (K,), "classes" (K,)."""
+    outputs "boxes" (R, 4), "scores" (R,), "classes" (R,)."""
     register_ms_deform_attn_symbolic(ONNX_OPSET)
     with _quiet_export():
         torch.onnx.export(

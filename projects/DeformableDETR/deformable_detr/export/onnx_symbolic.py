@@ -9,8 +9,7 @@ sampling and zero padding, where gathers would take four gathers, bounds masks a
 per level. Level heights and widths are read from the spatial_shapes input at run time, so an
 exported model keeps dynamic image sizes; only L (the number of levels) is fixed.
 
-Shapes: N batch, S value length (sum of H_l * W_l), M heads, D head dim, Lq queries, L levels,
-P points.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 import torch
 from torch.onnx import symbolic_helper

@@ -1,6 +1,6 @@
 """A traceable single-image front of the model for TorchScript and ONNX export.
 
-Shapes: H x W the image's size (already at the test-time resize), K detections kept
+Shapes: H x W the image's size (already at the test-time resize), R detections kept
 (TEST.DETECTIONS_PER_IMAGE, fewer when boxes are empty after clipping, as in the eager model).
 """
 import copy
@@ -14,8 +14,8 @@ __all__ = ["DetectionExportWrapper"]
 
 
 class DetectionExportWrapper(nn.Module):
-    """image (3, H, W) float in the model's input format on a 0-255 scale -> boxes (K, 4) xyxy in
-    the image's pixels, scores (K,), classes (K,) int64: what the eager model returns for
+    """image (3, H, W) float in the model's input format on a 0-255 scale -> boxes (R, 4) xyxy in
+    the image's pixels, scores (R,), classes (R,) int64: what the eager model returns for
     [{"image": image}], computed by the model's own preprocess_image, predict, inference and
     Detectron2's detector_postprocess (which the eager forward applies too)."""
 

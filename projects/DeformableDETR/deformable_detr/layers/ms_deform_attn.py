@@ -3,8 +3,7 @@
 Each query attends to P sampling points per head and level around its reference point; the
 offsets and attention weights are predicted from the query itself.
 
-Shapes: N batch, Lq queries, S value length (sum of H_l * W_l), C model width (d_model),
-M heads, D = C / M head dim, L levels, P points per head and level.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 import math
 

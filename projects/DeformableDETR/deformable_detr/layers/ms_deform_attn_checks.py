@@ -3,7 +3,7 @@
 Each check raises a TypeError (wrong kind of input) or a ValueError (wrong shape or value) that
 names the argument, what was expected and what was given.
 
-Shapes: N batch, S value length, M heads, D head dim, Lq queries, L levels, P points.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 import torch
 

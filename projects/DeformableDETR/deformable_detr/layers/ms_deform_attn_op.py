@@ -5,7 +5,7 @@ wrapper that checks inputs (the public `ms_deform_attn`) and chooses kernel or r
 autograd (the backward is the operator `ms_deform_attn_backward`) and fake kernels, so that
 torch.compile and torch.export see a single operator with known output shapes.
 
-Shapes: N batch, S value length, M heads, D head dim, Lq queries, L levels, P points.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 import logging
 import warnings

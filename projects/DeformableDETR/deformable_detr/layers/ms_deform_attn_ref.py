@@ -4,8 +4,7 @@ Slow and memory-hungry (it materialises every sampled value), but simple and ind
 compiled kernels: the tests hold the kernels against it, and the wrapper falls back on it where no
 kernel exists for a device or dtype.
 
-Shapes: N batch, S value length (sum of H_l * W_l), M heads, D head dim, Lq queries, L levels,
-P points per level and head.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 from typing import Sequence, Tuple, Union
 

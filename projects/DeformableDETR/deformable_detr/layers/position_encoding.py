@@ -4,8 +4,8 @@ Each pixel's row and column are counted over the valid (unpadded) pixels, normal
 (0, scale] and encoded by sines and cosines of geometrically spaced frequencies, as in the
 Transformer (Vaswani et al., 2017), one half of the channels per axis.
 
-Shapes: N batch, H/W the feature map's height and width, F = num_pos_feats features per axis,
-C = 2 * F output channels.
+Shapes: see the legend in deformable_detr/__init__.py; here H x W is the feature map's size and
+the output has C = 2F channels.
 """
 import math
 

@@ -1,8 +1,8 @@
 """The set criterion of Deformable DETR: match predictions to targets one-to-one, then score the
 matched pairs (and, for the class scores, every unmatched query as background).
 
-Shapes: N batch, Q object queries (S encoder proposals in two-stage), K classes, T targets of
-one image, M matched pairs in the batch. Boxes are normalised (cx, cy, w, h).
+Shapes: see the legend in deformable_detr/__init__.py (the encoder's proposals: S in place of
+Q; A matched pairs).
 """
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -20,14 +20,14 @@ Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _matched_pairs(indices: Indices, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The (image, query) index of every matched prediction: two (M,) int64 tensors."""
+    """The (image, query) index of every matched prediction: two (A,) int64 tensors."""
     image_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
     query_idx = torch.cat([src for src, _ in indices])
     return image_idx.to(device), query_idx.to(device)
 
 
 def _matched_targets(targets: Sequence[Mapping], indices: Indices, key: str) -> torch.Tensor:
-    """targets[i][key] of every matched target, in the order of `_matched_pairs`: (M, ...)."""
+    """targets[i][key] of every matched target, in the order of `_matched_pairs`: (A, ...)."""
     return torch.cat([t[key][tgt.to(t[key].device)] for t, (_, tgt) in zip(targets, indices)])
 
 
@@ -117,9 +117,9 @@ class SetCriterion(nn.Module):
             outputs: with "pred_boxes" (N, Q, 4).
         """
         pred = outputs["pred_boxes"][_matched_pairs(indices, outputs["pred_boxes"].device)]
-        gt = _matched_targets(targets, indices, "boxes").to(pred)  # (M, 4)
+        gt = _matched_targets(targets, indices, "boxes").to(pred)  # (A, 4)
         loss_bbox = F.l1_loss(pred, gt, reduction="sum")
-        # generalized_box_iou is pairwise, (M, M); the matched pairs are its diagonal.
+        # generalized_box_iou is pairwise, (A, A); the matched pairs are its diagonal.
         giou = generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"),
                                    box_convert(gt, "cxcywh", "xyxy")).diagonal()
         return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": (1 - giou).sum() / num_boxes}

@@ -73,9 +73,9 @@ class DeformableDecoder(nn.Module):
         Args:
             queries: the object queries and their reference points or boxes.
             memory: (N, S, C) encoder output.
-            heads: the D layers' class and box heads.
+            heads: the J layers' class and box heads.
         Returns:
-            logits (D, N, Q, K) and boxes (D, N, Q, 4) of every layer.
+            logits (J, N, Q, K) and boxes (J, N, Q, 4) of every layer.
         """
         tgt, reference = queries.content, queries.reference
         hs, boxes = [], []

@@ -64,12 +64,12 @@ class DetectionHeads(nn.Module):
     Args:
         d_model: C, the width of the decoder's output.
         num_classes: K, sigmoid class outputs.
-        num_layers: D, decoder layers.
+        num_layers: J, decoder layers.
         refine: iterative box refinement.
         two_stage: adds the proposal heads, `proposal_class` and `proposal_box`.
 
     Parameter names are the released ones: `class_embed.{i}`, `bbox_embed.{i}.layers.{j}`, the
-    proposal heads at i = D.
+    proposal heads at i = J.
     """
 
     def __init__(self, d_model: int, num_classes: int, num_layers: int, refine: bool,
@@ -118,5 +118,5 @@ class DetectionHeads(nn.Module):
         return refine_boxes(self.bbox_embed[layer](hs), reference)
 
     def logits(self, hs: torch.Tensor) -> torch.Tensor:
-        """The class logits of every decoder layer: (D, N, Q, C) -> (D, N, Q, K)."""
+        """The class logits of every decoder layer: (J, N, Q, C) -> (J, N, Q, K)."""
         return torch.stack([head(h) for head, h in zip(self.class_embed, hs)])

@@ -1,8 +1,8 @@
 """Hungarian matching of predictions to ground-truth objects (DETR's one-to-one set matching,
 with the sigmoid focal class cost of Deformable DETR's release).
 
-Shapes: N batch, Q object queries (or encoder proposals), K classes, T targets of one image
-(T_i of image i), sum(T) targets of the whole batch. Boxes are normalised (cx, cy, w, h).
+Shapes: see the legend in deformable_detr/__init__.py (the encoder's proposals: S in place of
+Q; sum(T) targets of the whole batch).
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 

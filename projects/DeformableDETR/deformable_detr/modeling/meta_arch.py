@@ -126,7 +126,7 @@ class DeformableDETR(nn.Module):
             srcs, masks = self.neck(self.backbone(images.tensor), mask)
         pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
         out = self.transformer(srcs, masks, pos, rank_padding=not invariant)
-        logits, boxes = out["logits"], out["boxes"]  # (D, N, Q, K), (D, N, Q, 4)
+        logits, boxes = out["logits"], out["boxes"]  # (J, N, Q, K), (J, N, Q, 4)
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}

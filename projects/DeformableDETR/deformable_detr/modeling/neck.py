@@ -1,8 +1,8 @@
 """The neck of Deformable DETR: projects the chosen backbone maps to the transformer's width and
 adds coarser levels, with the image's padding mask downsampled to every level (as released).
 
-Shapes: N batch, C_f channels of backbone map f, H_f x W_f its size, C = hidden_dim, L levels,
-H_l x W_l the size of level l, H x W the padded image size.
+Shapes: see the legend in deformable_detr/__init__.py (C_f channels and H_f x W_f size of backbone
+map f).
 """
 from typing import Dict, List, Tuple
 

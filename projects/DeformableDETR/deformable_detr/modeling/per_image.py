@@ -8,8 +8,7 @@ over the padded maps. Here each image is padded only as far as the backbone itse
 features are those of batch 1; the levels are then padded with zeros and masked, which the
 transformer ignores.
 
-Shapes: N batch, C channels, h_i x w_i image i's size, G images of one size, H_l x W_l level l's
-size over the batch, L levels.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 from typing import Dict, List, Tuple
 

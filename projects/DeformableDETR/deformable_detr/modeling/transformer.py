@@ -63,7 +63,7 @@ class DeformableTransformer(nn.Module):
 
     Args:
         num_classes: K. num_queries: Q in one-stage mode (two_stage_num_proposals in two-stage).
-        d_model: C. nhead: M. num_encoder_layers, num_decoder_layers: their depths (D decoder
+        d_model: C. nhead: M. num_encoder_layers, num_decoder_layers: their depths (J decoder
             layers). dim_feedforward, dropout, activation: of every layer's feed-forward network.
         num_feature_levels: L. enc_n_points, dec_n_points: P of the encoder's and decoder's
             deformable attention.
@@ -137,7 +137,7 @@ class DeformableTransformer(nn.Module):
             rank_padding: two-stage: whether proposals on padded pixels compete for the top Q,
                 as released (see ObjectQueries).
         Returns:
-            dict with "logits" (D, N, Q, K) and "boxes" (D, N, Q, 4) normalised cxcywh of every
+            dict with "logits" (J, N, Q, K) and "boxes" (J, N, Q, 4) normalised cxcywh of every
             decoder layer; in two-stage mode also "proposals": {"pred_logits": (N, S, K),
             "pred_boxes": (N, S, 4)} of every encoder pixel.
         """

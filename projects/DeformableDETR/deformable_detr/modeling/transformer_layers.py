@@ -1,6 +1,6 @@
 """The encoder and decoder layers of the deformable transformer (post-norm, as released).
 
-Shapes: N batch, S value length (all levels' pixels), Q object queries, C model width, L levels.
+Shapes: see the legend in deformable_detr/__init__.py.
 Parameter names follow the released checkpoints (self_attn, cross_attn, norm1..3, linear1..2).
 """
 import torch

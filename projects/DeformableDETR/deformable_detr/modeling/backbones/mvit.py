@@ -2,7 +2,7 @@
 relative positions, from plain arguments (mvit_backbone, e.g. in a LazyConfig) or from
 cfg.MODEL.MVIT (the registered builder), each argument being the key of its name.
 
-Shapes: N batch, H x W image; stage k (2-5) gives "scale{k}", (N, embed_dim * 2^(k-2), H / 2^k,
+Shapes: see the legend in deformable_detr/__init__.py; stage k (2-5) gives "scale{k}", (N, embed_dim * 2^(k-2), H / 2^k,
 W / 2^k), sides rounded up (pooling convolutions and windows pad inside). Relative positions are
 interpolated to the input size, so any size works, and an image's features depend on its own
 pixels and size only.

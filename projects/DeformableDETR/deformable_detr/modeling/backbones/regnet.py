@@ -3,7 +3,7 @@ pycls, which trained the ImageNet files Detectron2 publishes), from plain argume
 (regnet_backbone, e.g. in a LazyConfig) or from cfg.MODEL.REGNET (the registered builder), each
 argument being the key of its name.
 
-Shapes: N batch, H x W image; stage k (1-4) gives "s{k}", (N, width of stage k, H / 2^(k+1),
+Shapes: see the legend in deformable_detr/__init__.py; stage k (1-4) gives "s{k}", (N, width of stage k, H / 2^(k+1),
 W / 2^(k+1)).
 """
 from typing import Sequence

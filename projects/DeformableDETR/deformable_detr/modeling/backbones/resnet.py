@@ -6,7 +6,7 @@ Detectron2's ResNet with STRIDE_IN_1X1 = False is torchvision's layout, except f
 res5 (DC5): Detectron2 dilates the 3x3 conv of every res5 block, torchvision (and so the released
 DC5 model) every block but the first. This builder restores torchvision's first block.
 
-Shapes: N batch, C channels, H x W image.
+Shapes: see the legend in deformable_detr/__init__.py.
 """
 from typing import Sequence
 

@@ -2,7 +2,7 @@
 from plain arguments (swin_backbone, e.g. in a LazyConfig) or from cfg.MODEL.SWIN (the registered
 builder), each argument being the key of its name.
 
-Shapes: N batch, H x W image; stage i (0-3) gives "p{i}", (N, EMBED_DIM * 2^i, H / 2^(i+2),
+Shapes: see the legend in deformable_detr/__init__.py; stage i (0-3) gives "p{i}", (N, EMBED_DIM * 2^i, H / 2^(i+2),
 W / 2^(i+2)), sides rounded up (Swin pads to its patch and window sizes inside).
 """
 from typing import Sequence

@@ -6,9 +6,9 @@ The ViT works at one input size: every image is padded to the square img_size (a
 any batch size, so an image's features never depend on its companions; its own pixels must fit in
 the square (INPUT.MAX_SIZE_TRAIN and MAX_SIZE_TEST <= IMG_SIZE; the model refuses larger images).
 
-Shapes: N batch, S = img_size, P = patch_size; the ViT gives (N, embed_dim, S / P, S / P); the
-pyramid scales it by each of scale_factors into "p{k}" maps (N, out_channels, S / 2^k, S / 2^k),
-2^k = P / factor.
+Shapes: see the legend in deformable_detr/__init__.py; here Z = img_size and p = patch_size. The
+ViT gives (N, embed_dim, Z / p, Z / p); the pyramid scales it by each of scale_factors into
+"p{k}" maps (N, out_channels, Z / 2^k, Z / 2^k), 2^k = p / factor.
 """
 from functools import partial
 from typing import Sequence
