@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
+from resident_memory import peak_rss_growth_mib  # noqa: E402  (tools/, the script's folder)
 from deformable_detr import export  # noqa: E402
 
 import torch  # noqa: E402
@@ -83,14 +84,6 @@ def make_runner(name, model, image, folder, arena=True):
     return run, time.perf_counter() - start
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def peak_memory_mib(name, height, width):
     """Child process: the growth of the resident set during one warm inference of the path."""
     model, image = build_model_and_image(height, width)
@@ -98,11 +91,7 @@ def peak_memory_mib(name, height, width):
         run, _ = make_runner(name, model, image, folder, arena=False)
         run(image)
         run(image)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        before = _rss_kib("VmRSS")
-        run(image)
-        return (_rss_kib("VmHWM") - before) / 1024
+        return peak_rss_growth_mib(lambda: run(image))
 
 
 def measure_memory(name, height, width):

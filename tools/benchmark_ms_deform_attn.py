@@ -25,6 +25,7 @@ import torch
 
 from deformable_detr.layers.ms_deform_attn_op import kernel_available, ms_deform_attn
 from deformable_detr.layers.ms_deform_attn_ref import ms_deform_attn_pytorch
+from resident_memory import peak_rss_growth_mib  # tools/, the script's folder
 
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
 M, P, D = 8, 4, 32
@@ -63,14 +64,6 @@ def make_inputs(batch, num_queries, dtype, device, seed=0):
             cast(grad_out))
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_extra_mb(fn):
     """Peak growth of the resident set while fn runs, in MB (CPU); on CUDA the allocator's peak."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -80,11 +73,7 @@ def peak_extra_mb(fn):
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident set
-    base = _status_kb("VmRSS")
-    fn()
-    return (_status_kb("VmHWM") - base) / 1024
+    return peak_rss_growth_mib(fn)
 
 
 def median_seconds(fn, repeat, warm_up=True):
