@@ -59,6 +59,24 @@ Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                       const at::Tensor& attention_weights,
                       const at::Tensor& grad_output = at::Tensor());
 
+// The data of checked inputs as the kernels read it: values of scalar_t, locations and weights of
+// loc_t (see dispatch_dtypes).
+template <typename scalar_t, typename loc_t>
+struct InputPointers {
+  const scalar_t* value;
+  const int64_t* shapes;
+  const int64_t* starts;
+  const loc_t* loc;
+  const loc_t* attn;
+
+  explicit InputPointers(const Inputs& in)
+      : value(in.value.const_data_ptr<scalar_t>()),
+        shapes(in.spatial_shapes.const_data_ptr<int64_t>()),
+        starts(in.level_start_index.const_data_ptr<int64_t>()),
+        loc(in.sampling_locations.const_data_ptr<loc_t>()),
+        attn(in.attention_weights.const_data_ptr<loc_t>()) {}
+};
+
 // Calls fn(scalar_t{}, loc_t{}) with scalar_t the C++ type of the value and loc_t that of the
 // locations and attention weights: the value's own, or float32 with float16/bfloat16 values
 // (autocast's mix: half values, float32 locations, which keep their precision). The pairs are the

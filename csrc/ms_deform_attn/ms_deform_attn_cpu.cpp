@@ -117,18 +117,15 @@ template <typename scalar_t, typename loc_t>
 void forward_cpu(const Inputs& in, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const Sizes& s = in.s;
-  const scalar_t* v = in.value.const_data_ptr<scalar_t>();
-  const int64_t* sh = in.spatial_shapes.const_data_ptr<int64_t>();
-  const int64_t* st = in.level_start_index.const_data_ptr<int64_t>();
-  const loc_t* lp = in.sampling_locations.const_data_ptr<loc_t>();
-  const loc_t* ap = in.attention_weights.const_data_ptr<loc_t>();
+  const InputPointers<scalar_t, loc_t> p(in);
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const std::vector<scalar_t> zeros(s.D, scalar_t(0));
   const auto forward_rows = cpu_kernels<scalar_t, loc_t, acc_t>(s.D).forward_rows;
   // One output row (n, q) is ~M * L * P * 4 * D multiply-adds; 16 rows amortise a task.
   at::parallel_for(0, s.N * s.Lq, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(s.D);
-    forward_rows(v, sh, st, lp, ap, op, s, begin, end, zeros.data(), scratch.data());
+    forward_rows(p.value, p.shapes, p.starts, p.loc, p.attn, op, s, begin, end, zeros.data(),
+                 scratch.data());
   });
 }
 
@@ -142,11 +139,7 @@ void backward_cpu(const Inputs& in, at::Tensor& grad_value, at::Tensor& grad_loc
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool in_place = std::is_same_v<acc_t, scalar_t>;
   const Sizes& s = in.s;
-  const scalar_t* v = in.value.const_data_ptr<scalar_t>();
-  const int64_t* sh = in.spatial_shapes.const_data_ptr<int64_t>();
-  const int64_t* st = in.level_start_index.const_data_ptr<int64_t>();
-  const loc_t* lp = in.sampling_locations.const_data_ptr<loc_t>();
-  const loc_t* ap = in.attention_weights.const_data_ptr<loc_t>();
+  const InputPointers<scalar_t, loc_t> p(in);
   const scalar_t* gop = in.grad_output.const_data_ptr<scalar_t>();
   scalar_t* gvp = grad_value.mutable_data_ptr<scalar_t>();
   loc_t* glp = grad_loc.mutable_data_ptr<loc_t>();
@@ -161,12 +154,12 @@ void backward_cpu(const Inputs& in, at::Tensor& grad_value, at::Tensor& grad_loc
       const int64_t n = t / s.M, m = t % s.M;
       scalar_t* grad_nm = gvp + (n * s.S * s.M + m) * s.D;
       if constexpr (in_place) {
-        backward_task(v, sh, st, lp, ap, gop, grad_nm, pixel_stride, glp, gap, s, n, m,
-                      zeros.data(), scratch.data());
+        backward_task(p.value, p.shapes, p.starts, p.loc, p.attn, gop, grad_nm, pixel_stride, glp,
+                      gap, s, n, m, zeros.data(), scratch.data());
       } else {
         std::fill(buffer.begin(), buffer.end(), acc_t(0));
-        backward_task(v, sh, st, lp, ap, gop, buffer.data(), s.D, glp, gap, s, n, m,
-                      zeros.data(), scratch.data());
+        backward_task(p.value, p.shapes, p.starts, p.loc, p.attn, gop, buffer.data(), s.D, glp,
+                      gap, s, n, m, zeros.data(), scratch.data());
         for (int64_t j = 0; j < s.S; ++j) {
           for (int64_t d = 0; d < s.D; ++d) {
             grad_nm[j * pixel_stride + d] = static_cast<scalar_t>(buffer[j * s.D + d]);

@@ -31,13 +31,9 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
       for (int64_t l = 0; l < s.L; ++l) {
         const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
         const scalar_t* base = value + ((n * s.S + starts[l]) * s.M + m) * D;
-        for (int64_t p = 0; p < s.P; ++p) {
-          const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
-          BilinearCorners<acc_t> c;
-          if (!sample_corners<acc_t>(loc, i, H, W, c)) {
-            continue;
-          }
-          const acc_t a = static_cast<acc_t>(attn[i]);
+        const int64_t first = sample_index(row, m, l, 0, s.M, s.L, s.P);
+        for_each_sample<acc_t>(loc, attn, first, s.P, H, W,
+                               [&](int64_t, const BilinearCorners<acc_t>& c, acc_t a) {
           const scalar_t* v[4];
           acc_t w[4];
           for (int k = 0; k < 4; ++k) {
@@ -49,7 +45,7 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
             acc[d] += w[0] * static_cast<acc_t>(v[0][d]) + w[1] * static_cast<acc_t>(v[1][d]) +
                       w[2] * static_cast<acc_t>(v[2][d]) + w[3] * static_cast<acc_t>(v[3][d]);
           }
-        }
+        });
       }
       scalar_t* o = out + (row * s.M + m) * D;
       for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
@@ -104,13 +100,9 @@ void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* 
     for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(go_row[d]);
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      for (int64_t p = 0; p < s.P; ++p) {
-        const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
-        BilinearCorners<acc_t> c;
-        if (!sample_corners<acc_t>(loc, i, H, W, c)) {
-          continue;
-        }
-        const acc_t a = static_cast<acc_t>(attn[i]);
+      const int64_t first = sample_index(row, m, l, 0, s.M, s.L, s.P);
+      for_each_sample<acc_t>(loc, attn, first, s.P, H, W,
+                             [&](int64_t i, const BilinearCorners<acc_t>& c, acc_t a) {
         acc_t g[4];
         for (int k = 0; k < 4; ++k) {
           const int64_t pixel = starts[l] + c.offset[k];
@@ -129,7 +121,7 @@ void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* 
         grad_attn[i] = static_cast<loc_t>(ga);
         grad_loc[2 * i] = static_cast<loc_t>(gx);
         grad_loc[2 * i + 1] = static_cast<loc_t>(gy);
-      }
+      });
     }
   }
 }

@@ -46,20 +46,16 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
       const scalar_t* base = value + ((n * s.S + starts[l]) * s.M + m) * s.D + d;
-      for (int64_t p = 0; p < s.P; ++p) {
-        const int64_t i = sample_index(row, m, l, p, s.M, s.L, s.P);
-        BilinearCorners<acc_t> c;
-        if (!sample_corners<acc_t>(loc, i, H, W, c)) {
-          continue;
-        }
-        const acc_t a = static_cast<acc_t>(attn[i]);
+      const int64_t first = sample_index(row, m, l, 0, s.M, s.L, s.P);
+      for_each_sample<acc_t>(loc, attn, first, s.P, H, W,
+                             [&](int64_t, const BilinearCorners<acc_t>& c, acc_t a) {
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           if (c.valid[k]) {
             acc += a * c.weight[k] * static_cast<acc_t>(base[c.offset[k] * s.M * s.D]);
           }
         }
-      }
+      });
     }
     out[idx] = static_cast<scalar_t>(acc);
   }
@@ -132,11 +128,9 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
     using scalar_t = decltype(value_tag);
     using loc_t = decltype(loc_tag);
     using acc_t = at::opmath_type<scalar_t>;
+    const InputPointers<scalar_t, loc_t> p(in);
     forward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
-        in.value.const_data_ptr<scalar_t>(), in.spatial_shapes.const_data_ptr<int64_t>(),
-        in.level_start_index.const_data_ptr<int64_t>(),
-        in.sampling_locations.const_data_ptr<loc_t>(),
-        in.attention_weights.const_data_ptr<loc_t>(), out.mutable_data_ptr<scalar_t>(), s);
+        p.value, p.shapes, p.starts, p.loc, p.attn, out.mutable_data_ptr<scalar_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -159,11 +153,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       using scalar_t = decltype(value_tag);
       using loc_t = decltype(loc_tag);
       using acc_t = at::opmath_type<scalar_t>;
+      const InputPointers<scalar_t, loc_t> p(in);
       backward_kernel<scalar_t, loc_t, acc_t><<<num_blocks(samples), kThreads, 0, stream>>>(
-          in.value.const_data_ptr<scalar_t>(), in.spatial_shapes.const_data_ptr<int64_t>(),
-          in.level_start_index.const_data_ptr<int64_t>(),
-          in.sampling_locations.const_data_ptr<loc_t>(),
-          in.attention_weights.const_data_ptr<loc_t>(), in.grad_output.const_data_ptr<scalar_t>(),
+          p.value, p.shapes, p.starts, p.loc, p.attn, in.grad_output.const_data_ptr<scalar_t>(),
           grad_value_acc.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<loc_t>(),
           grad_attn.mutable_data_ptr<loc_t>(), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

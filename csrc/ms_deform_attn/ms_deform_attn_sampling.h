@@ -10,10 +10,13 @@
 #include <cmath>
 #include <cstdint>
 
+// Always inlined, on the CPU too: the CPU kernels are compiled once per instruction set, and a
+// helper left out of line would run as generic code and call the kernel's loop body given to
+// for_each_sample instead of inlining it.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define DDETR_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define DDETR_HOST_DEVICE inline
+#define DDETR_HOST_DEVICE inline __attribute__((always_inline))
 #endif
 
 namespace deformable_detr {
@@ -82,6 +85,22 @@ DDETR_HOST_DEVICE bool sample_corners(const scalar_t* locations, int64_t i, int6
                                       int64_t W, BilinearCorners<acc_t>& c) {
   return bilinear_corners<acc_t>(static_cast<acc_t>(locations[2 * i]),
                                  static_cast<acc_t>(locations[2 * i + 1]), H, W, c);
+}
+
+// Calls fn(i, c, a) for each sample i in [first, first + count) (the points of one query, head
+// and level: an H x W map) that is not skipped (see bilinear_corners), with c its corners and a its
+// attention weight (weights[i]) in acc_t.
+template <typename acc_t, typename scalar_t, typename Fn>
+DDETR_HOST_DEVICE void for_each_sample(const scalar_t* locations, const scalar_t* weights,
+                                       int64_t first, int64_t count, int64_t H, int64_t W,
+                                       Fn&& fn) {
+  for (int64_t i = first; i < first + count; ++i) {
+    BilinearCorners<acc_t> c;
+    if (!sample_corners<acc_t>(locations, i, H, W, c)) {
+      continue;
+    }
+    fn(i, c, static_cast<acc_t>(weights[i]));
+  }
 }
 
 // Gradients of one sample, given g[k] = <grad_output, value at corner k> (0 for invalid corners)
