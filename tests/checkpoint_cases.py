@@ -17,14 +17,13 @@ import subprocess
 import sys
 from collections import OrderedDict
 
+import pytest
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from model_cases import CONFIG_DIR
-
-REPO = os.path.dirname(CONFIG_DIR)
+from repo_paths import REPO
 
 # name -> (the authors' args that define the variant, this project's config)
 RELEASES = {
@@ -226,6 +225,17 @@ class RecordingCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
+
+
+def assert_bad_file_refused(convert, tmp_path, content, message):
+    """A converter `convert(source, target)` given a torch file holding `content` refuses it
+    with a ValueError that matches `message` and names the file, and writes no output."""
+    path = tmp_path / "bad.pth"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=message) as error:
+        convert(str(path), str(tmp_path / "out.pth"))
+    assert str(path) in str(error.value)
+    assert not (tmp_path / "out.pth").exists()
 
 
 def run_tool(script, *args):

@@ -6,9 +6,7 @@ import os
 
 import cv2
 
-from training_cases import REPO
-
-QUICKSTART = os.path.join(REPO, "configs", "quickstart.yaml")
+from repo_paths import REPO
 
 
 @functools.lru_cache(maxsize=None)

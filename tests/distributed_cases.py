@@ -7,14 +7,14 @@ from detectron2.utils import comm
 
 from deformable_detr.data import register_shapes_datasets
 from deformable_detr.engine import Trainer
-from training_cases import quick_cfg
+from training_cases import quick_cfg_in
 
 
 def train_and_compare(shapes_root, output_dir, iterations):
     """Trains a few iterations under DDP, then checks on rank 0 that every process holds the same
     parameters; writes what it saw to output_dir/sync.json."""
     register_shapes_datasets(shapes_root)
-    cfg = quick_cfg(output_dir, ["SOLVER.MAX_ITER", str(iterations)])
+    cfg = quick_cfg_in(output_dir, ["SOLVER.MAX_ITER", str(iterations)])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

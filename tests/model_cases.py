@@ -6,8 +6,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from deformable_detr import get_config
+from repo_paths import CONFIG_DIR
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RELEASED_CONFIGS = (
     "ddetr_r50.yaml",
     "ddetr_r50_single_scale.yaml",

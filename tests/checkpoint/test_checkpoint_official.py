@@ -15,9 +15,9 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from checkpoint_cases import (
     HEAD_OFFSET,
-    REPO,
     RELEASES,
     RecordingCheckpointer,
+    assert_bad_file_refused,
     released_args,
     released_checkpoint,
     released_meta_state_dict,
@@ -37,6 +37,7 @@ from deformable_detr.checkpoint import (
     save_detectron2_checkpoint,
 )
 from model_cases import build, image
+from repo_paths import REPO
 
 COCO_IDS = [c["id"] for c in COCO_CATEGORIES if c["isthing"]]  # our class j -> category id
 VARIANTS = {v.name: v for v in RELEASED_VARIANTS}
@@ -184,12 +185,7 @@ def _with(weights, key, value):
      r"class_embed.2.bias expected \(91,\), got \(80,\)"),
 ])
 def test_bad_files_are_refused_with_their_problem(tmp_path, content, message):
-    path = tmp_path / "bad.pth"
-    torch.save(content, path)
-    with pytest.raises(ValueError, match=message) as error:
-        convert_official_checkpoint(str(path), str(tmp_path / "out.pth"))
-    assert str(path) in str(error.value)
-    assert not (tmp_path / "out.pth").exists()
+    assert_bad_file_refused(convert_official_checkpoint, tmp_path, content, message)
 
 
 def test_a_file_that_is_not_a_torch_file_is_refused(tmp_path):

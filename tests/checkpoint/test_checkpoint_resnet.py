@@ -12,6 +12,7 @@ import torchvision
 
 from checkpoint_cases import (
     RecordingCheckpointer,
+    assert_bad_file_refused,
     assert_same_features,
     random_resnet50,
     run_tool,
@@ -113,12 +114,7 @@ def _edited(edit):
      r"1 wrong shape.*: layer4.0.conv2.weight expected \(512, 512, 3, 3\), got \(512, 512, 1, 1\)"),
 ])
 def test_bad_files_are_refused_with_their_problem(tmp_path, content, message):
-    path = tmp_path / "bad.pth"
-    torch.save(content, path)
-    with pytest.raises(ValueError, match=message) as error:
-        convert_torchvision_resnet_file(str(path), str(tmp_path / "out.pth"))
-    assert str(path) in str(error.value)
-    assert not (tmp_path / "out.pth").exists()
+    assert_bad_file_refused(convert_torchvision_resnet_file, tmp_path, content, message)
 
 
 def test_code_in_the_file_is_refused_and_never_run(tmp_path):

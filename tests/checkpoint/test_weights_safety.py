@@ -6,7 +6,6 @@ checkpointer, train_net.py --eval-only and --resume, demo.py, Detectron2's Defau
 must refuse it, name the refused global, and leave no marker behind. Legitimate model-zoo .pkl
 files (numpy arrays, built here in Detectron2's layout) still load with their exact values.
 """
-import importlib.util
 import os
 import pickle
 import shlex
@@ -19,11 +18,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
 
+from cli_cases import load_script
 from deformable_detr.checkpoint import load_weights_file
 from deformable_detr.engine import Trainer, WeightsCheckpointer
-from training_cases import REPO, quick_cfg
-
-QUICKSTART = os.path.join(REPO, "configs", "quickstart.yaml")
+from repo_paths import QUICKSTART, REPO
 # (callable, its arguments given the marker path): each creates the marker when called
 PAYLOADS = {
     "os.system": lambda marker: (os.system, (f"touch {shlex.quote(marker)}",)),
@@ -93,34 +91,28 @@ def test_checkpointers_refuse_code(tmp_path, checkpointer, suffix):
     assert not marker.exists()
 
 
-def _datasets_env(shapes_root):
-    # the built-in dataset already written by the fixture, not written again under the repo
-    return {**os.environ, "DETECTRON2_DATASETS": os.path.dirname(shapes_root),
-            "OMP_NUM_THREADS": "1"}
-
-
 @pytest.mark.slow
-def test_train_net_eval_only_refuses_code(shapes_root, tmp_path):
+def test_train_net_eval_only_refuses_code(builtin_datasets_env, tmp_path):
     marker = tmp_path / "ran"
     evil = write_malicious(tmp_path / "evil.pkl", marker)
     done = subprocess.run(
         [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", QUICKSTART,
          "--eval-only", "MODEL.WEIGHTS", str(evil), "MODEL.DEVICE", "cpu",
          "OUTPUT_DIR", str(tmp_path / "output")],
-        cwd=REPO, env=_datasets_env(shapes_root), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=builtin_datasets_env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert f"{evil}: refused to unpickle posix.system" in done.stderr
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("eval_only", [False, True])
-def test_resume_from_last_checkpoint_refuses_code(shapes_root, tmp_path, eval_only):
+def test_resume_from_last_checkpoint_refuses_code(shapes_root, tmp_path, quick_cfg, eval_only):
     """--resume: Detectron2 loads the file that OUTPUT_DIR/last_checkpoint names, here an
     absolute path to a malicious file (train_net.py's two resume paths, run in-process)."""
     marker = tmp_path / "ran"
     evil = write_malicious(tmp_path / "evil.pkl", marker)
     (tmp_path / "last_checkpoint").write_text(str(evil))
-    cfg = quick_cfg(tmp_path)
+    cfg = quick_cfg()
     if eval_only:
         resumer = WeightsCheckpointer(Trainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR)
         args = (cfg.MODEL.WEIGHTS,)
@@ -131,11 +123,8 @@ def test_resume_from_last_checkpoint_refuses_code(shapes_root, tmp_path, eval_on
     assert not marker.exists()
 
 
-def test_demo_refuses_code(shapes_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.dirname(shapes_root))
-    spec = importlib.util.spec_from_file_location("ddetr_demo", os.path.join(REPO, "demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+def test_demo_refuses_code(shapes_root, builtin_datasets_env, tmp_path):
+    demo = load_script("demo.py")
     marker = tmp_path / "ran"
     evil = write_malicious(tmp_path / "evil.pkl", marker)
     image = os.path.join(shapes_root, "ddetr_shapes_val", "images", "00000.jpg")
@@ -145,19 +134,19 @@ def test_demo_refuses_code(shapes_root, tmp_path, monkeypatch):
     assert not marker.exists()
 
 
-def test_detectron2_default_predictor_refuses_code(tmp_path):
+def test_detectron2_default_predictor_refuses_code(tmp_path, quick_cfg):
     marker = tmp_path / "ran"
     evil = write_malicious(tmp_path / "evil.pkl", marker)
     with pytest.raises(ValueError, match=r"refused to unpickle posix\.system"):
-        DefaultPredictor(quick_cfg(tmp_path, ["MODEL.WEIGHTS", str(evil)]))
+        DefaultPredictor(quick_cfg(["MODEL.WEIGHTS", str(evil)]))
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
-def test_a_model_zoo_pkl_loads_its_exact_values(tmp_path, protocol):
+def test_a_model_zoo_pkl_loads_its_exact_values(tmp_path, quick_cfg, protocol):
     """The layout of Detectron2's torchvision conversion (ImageNetPretrained/torchvision/R-50.pkl):
     backbone names without "backbone.", numpy arrays, matched to the model by name heuristics."""
-    model = Trainer.build_model(quick_cfg(tmp_path))
+    model = Trainer.build_model(quick_cfg())
     rng = np.random.default_rng(0)
     arrays = {name[len("backbone."):]: rng.standard_normal(tuple(value.shape)).astype(np.float32)
               for name, value in model.state_dict().items()

@@ -13,7 +13,6 @@ from detectron2.structures import BoxMode
 from deformable_detr.data import DetrDatasetMapper, build_detr_augmentation
 from deformable_detr.data.augmentation import RandomChoice, detr_resized_size
 from deformable_detr.data.shapes import SHAPE_CLASSES, SPLITS
-from training_cases import quick_cfg
 
 
 def test_builtin_dataset_files_and_registration(shapes_root):
@@ -54,8 +53,8 @@ def test_resize_rounds_as_released(h, w, short, max_size, expected):
     assert detr_resized_size(h, w, short, max_size) == expected
 
 
-def test_training_augmentation_is_flip_then_one_of_two_branches():
-    cfg = quick_cfg("/tmp", ["INPUT.CROP.ENABLED", "True"])
+def test_training_augmentation_is_flip_then_one_of_two_branches(quick_cfg):
+    cfg = quick_cfg(["INPUT.CROP.ENABLED", "True"])
     augs = build_detr_augmentation(cfg, is_train=True)
     assert type(augs[0]).__name__ == "RandomFlip" and isinstance(augs[1], RandomChoice)
     np.random.seed(0)
@@ -76,22 +75,22 @@ def _mapper_input(shapes_root, **changes):
     return d
 
 
-def test_missing_image_is_an_error_naming_it(shapes_root):
-    mapper = DetrDatasetMapper(quick_cfg("/tmp"), True)
+def test_missing_image_is_an_error_naming_it(shapes_root, tmp_path, quick_cfg):
+    mapper = DetrDatasetMapper(quick_cfg(), True)
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        mapper(_mapper_input(shapes_root, file_name="/tmp/nope.jpg"))
+        mapper(_mapper_input(shapes_root, file_name=str(tmp_path / "nope.jpg")))
 
 
-def test_corrupt_image_is_skipped_with_a_warning(shapes_root, tmp_path, caplog):
+def test_corrupt_image_is_skipped_with_a_warning(shapes_root, tmp_path, quick_cfg, caplog):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    mapper = DetrDatasetMapper(quick_cfg("/tmp"), True)
+    mapper = DetrDatasetMapper(quick_cfg(), True)
     with caplog.at_level(logging.WARNING):
         assert mapper(_mapper_input(shapes_root, file_name=str(bad))) is None
     assert "bad.jpg" in caplog.text and "cannot be read" in caplog.text
 
 
-def test_zero_size_and_outside_boxes_are_dropped_and_counted(shapes_root):
+def test_zero_size_and_outside_boxes_are_dropped_and_counted(shapes_root, quick_cfg):
     d = _mapper_input(shapes_root)
     good = d["annotations"][0]
     d["annotations"] = [
@@ -99,7 +98,7 @@ def test_zero_size_and_outside_boxes_are_dropped_and_counted(shapes_root):
         {**good, "bbox": [10, 10, 0, 5]},           # zero width
         {**good, "bbox": [500, 500, 20, 20]},       # outside the 160x128 image
     ]
-    cfg = quick_cfg("/tmp", ["INPUT.RANDOM_FLIP", "none"])
+    cfg = quick_cfg(["INPUT.RANDOM_FLIP", "none"])
     mapper = DetrDatasetMapper(cfg, True)
     out = mapper(d)
     assert len(out["instances"]) == 1
@@ -107,16 +106,16 @@ def test_zero_size_and_outside_boxes_are_dropped_and_counted(shapes_root):
     assert good["bbox_mode"] == BoxMode.XYWH_ABS
 
 
-def test_unknown_dataset_and_config_key_are_clear_errors(shapes_root):
+def test_unknown_dataset_and_config_key_are_clear_errors(shapes_root, quick_cfg):
     with pytest.raises(KeyError, match="no_such_dataset"):
         DatasetCatalog.get("no_such_dataset")
     # yacs names the key: an AssertionError from the command line, a KeyError from a file
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.DEFORMABLE_DETR.NO_SUCH_KEY"):
-        quick_cfg("/tmp", ["MODEL.DEFORMABLE_DETR.NO_SUCH_KEY", "1"])
+        quick_cfg(["MODEL.DEFORMABLE_DETR.NO_SUCH_KEY", "1"])
 
 
-def test_non_choice_size_sampling_is_refused():
-    cfg = quick_cfg("/tmp", ["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN",
-                             "(100, 200)"])
+def test_non_choice_size_sampling_is_refused(quick_cfg):
+    cfg = quick_cfg(["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN",
+                     "(100, 200)"])
     with pytest.raises(ValueError, match="MIN_SIZE_TRAIN_SAMPLING"):
         build_detr_augmentation(cfg, is_train=True)

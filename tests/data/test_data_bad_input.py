@@ -17,9 +17,9 @@ from PIL import Image
 from deformable_detr.data import DetrDatasetMapper, build_detr_augmentation
 from deformable_detr.data import coco_checks
 from deformable_detr.engine import Trainer
-from training_cases import quick_cfg
+from training_cases import quick_cfg_in
 
-H, W = 128, 160  # quick_cfg resizes the shorter side to 128: these images keep their size
+H, W = 128, 160  # quick_cfg_in resizes the shorter side to 128: these images keep their size
 
 
 def _jpeg(path, seed=0):
@@ -42,12 +42,12 @@ def _record(file_name, annotations=(), image_id=1):
 
 # --- unreadable images ---------------------------------------------------------------------
 
-def test_unreadable_image_in_evaluation_is_an_error_naming_it(tmp_path):
+def test_unreadable_image_in_evaluation_is_an_error_naming_it(tmp_path, quick_cfg):
     records = [_record(_jpeg(tmp_path / "good.jpg")),
                _record(_truncated_jpeg(tmp_path / "cut.jpg"), image_id=2)]
     DatasetCatalog.register("bad_input_eval", lambda: records)
     try:
-        loader = Trainer.build_test_loader(quick_cfg(tmp_path), "bad_input_eval")
+        loader = Trainer.build_test_loader(quick_cfg(), "bad_input_eval")
         # Detectron2's wrapper would have drawn good.jpg again in place of cut.jpg
         with pytest.raises(ValueError, match=r"cut\.jpg.*cannot be read"):
             list(loader)
@@ -55,8 +55,8 @@ def test_unreadable_image_in_evaluation_is_an_error_naming_it(tmp_path):
         DatasetCatalog.remove("bad_input_eval")
 
 
-def test_unreadable_image_in_training_is_skipped_and_counted(tmp_path, caplog):
-    mapper = DetrDatasetMapper(quick_cfg(tmp_path), True)
+def test_unreadable_image_in_training_is_skipped_and_counted(tmp_path, quick_cfg, caplog):
+    mapper = DetrDatasetMapper(quick_cfg(), True)
     cut = _truncated_jpeg(tmp_path / "cut.jpg")
     assert mapper(_record(cut)) is None
     assert mapper(_record(cut)) is None
@@ -64,16 +64,16 @@ def test_unreadable_image_in_training_is_skipped_and_counted(tmp_path, caplog):
     assert "cut.jpg" in caplog.text and "2 images skipped so far" in caplog.text
 
 
-def test_errors_other_than_reading_the_image_are_not_skipped(tmp_path):
+def test_errors_other_than_reading_the_image_are_not_skipped(tmp_path, quick_cfg):
     # the image reads fine; the record's size is wrong (Detectron2's SizeMismatchError)
     record = dict(_record(_jpeg(tmp_path / "a.jpg")), height=H + 1)
     with pytest.raises(ValueError, match=r"Mismatched image shape for image .*a\.jpg"):
-        DetrDatasetMapper(quick_cfg(tmp_path, ["INPUT.RANDOM_FLIP", "none"]), True)(record)
+        DetrDatasetMapper(quick_cfg(["INPUT.RANDOM_FLIP", "none"]), True)(record)
 
 
 # --- malformed boxes -----------------------------------------------------------------------
 
-def test_malformed_boxes_are_dropped_before_any_transform_and_counted(tmp_path):
+def test_malformed_boxes_are_dropped_before_any_transform_and_counted(tmp_path, quick_cfg):
     xywh, xyxy = BoxMode.XYWH_ABS, BoxMode.XYXY_ABS
     record = _record(_jpeg(tmp_path / "a.jpg"), [
         {"bbox": [20, 30, 40, 50], "bbox_mode": xywh},         # valid: kept as is
@@ -83,7 +83,7 @@ def test_malformed_boxes_are_dropped_before_any_transform_and_counted(tmp_path):
         {"bbox": [10, math.nan, 20, 20], "bbox_mode": xywh},
         {"bbox": [10, 10, 20], "bbox_mode": xywh},
     ])
-    mapper = DetrDatasetMapper(quick_cfg(tmp_path, ["INPUT.RANDOM_FLIP", "none"]), True)
+    mapper = DetrDatasetMapper(quick_cfg(["INPUT.RANDOM_FLIP", "none"]), True)
     out = mapper(record)
     assert out["image"].shape == (3, H, W)
     assert torch.equal(out["instances"].gt_boxes.tensor, torch.tensor([[20.0, 30.0, 60.0, 80.0]]))
@@ -125,9 +125,10 @@ CROP = ["INPUT.CROP.ENABLED", "True"]
      "CROP.SIZE", "[600, 384]"),
     (CROP + ["INPUT.CROP.SIZE", "[0.5]"], True, "CROP.SIZE", "[0.5]"),
 ])
-def test_wrong_input_keys_are_errors_naming_key_expected_and_got(opts, is_train, key, got):
+def test_wrong_input_keys_are_errors_naming_key_expected_and_got(opts, is_train, key, got,
+                                                                  quick_cfg):
     with pytest.raises(ValueError, match=rf"INPUT\.{key} must be .*, got {re.escape(got)}$"):
-        build_detr_augmentation(quick_cfg("/tmp", opts), is_train)
+        build_detr_augmentation(quick_cfg(opts), is_train)
 
 
 # --- COCO json -----------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def _coco(tmp_path, name, change=None):
     images = [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in (1, 2)]
     for i in (1, 2):
         _jpeg(tmp_path / f"{i}.jpg", seed=i)
-    # as many categories as quick_cfg's model has classes, each with an object
+    # as many categories as quick_cfg_in's model has classes, each with an object
     categories = [{"id": i, "name": name} for i, name in enumerate("abc", 1)]
     boxes = [(1, 1, [5, 5, 30, 40]), (2, 2, [50, 20, 60, 30]), (2, 3, [10, 60, 40, 40])]
     annotations = [{"id": 10 + k, "image_id": image_id, "category_id": category_id, "bbox": box,
@@ -195,24 +196,24 @@ BAD_JSON_IDS = ["not-an-object", "no-categories-key", "images-not-a-list", "no-c
 
 @pytest.mark.parametrize("change,message", BAD_JSON, ids=BAD_JSON_IDS)
 @pytest.mark.parametrize("split", ["TRAIN", "TEST"])
-def test_broken_coco_json_is_found_when_the_trainer_is_built(tmp_path, registered, split, change,
-                                                             message):
+def test_broken_coco_json_is_found_when_the_trainer_is_built(tmp_path, quick_cfg, registered, split,
+                                                             change, message):
     bad = _coco(tmp_path, f"bad_json_{split}", change)
     good = _coco(tmp_path, f"good_json_{split}")
     registered += [bad, good]
     datasets = {"TRAIN": good, "TEST": good, split: bad}
-    cfg = quick_cfg(tmp_path, ["DATASETS.TRAIN", f"('{datasets['TRAIN']}',)",
-                               "DATASETS.TEST", f"('{datasets['TEST']}',)"])
+    cfg = quick_cfg(["DATASETS.TRAIN", f"('{datasets['TRAIN']}',)",
+                     "DATASETS.TEST", f"('{datasets['TEST']}',)"])
     with pytest.raises(ValueError, match=rf"dataset '{bad}': the COCO json '.*{bad}\.json' has "
                                          rf"problems:\n(- .*\n)*- {message}"):
         Trainer(cfg)
 
 
 @pytest.mark.parametrize("change,message", BAD_JSON, ids=BAD_JSON_IDS)
-def test_broken_coco_json_is_found_before_inference(tmp_path, registered, monkeypatch, change,
-                                                    message):
+def test_broken_coco_json_is_found_before_inference(tmp_path, quick_cfg, registered, monkeypatch,
+                                                    change, message):
     registered.append(_coco(tmp_path, "bad_json_eval", change))
-    cfg = quick_cfg(tmp_path, ["DATASETS.TEST", "('bad_json_eval',)"])
+    cfg = quick_cfg(["DATASETS.TEST", "('bad_json_eval',)"])
 
     def no_inference(*args):
         raise AssertionError("inference started on a broken dataset")
@@ -222,23 +223,23 @@ def test_broken_coco_json_is_found_before_inference(tmp_path, registered, monkey
         Trainer.test(cfg, torch.nn.Identity())
 
 
-def test_missing_coco_json_is_found_when_the_trainer_is_built(tmp_path, registered):
+def test_missing_coco_json_is_found_when_the_trainer_is_built(tmp_path, quick_cfg, registered):
     register_coco_instances("missing_json", {}, str(tmp_path / "none.json"), str(tmp_path))
     registered.append("missing_json")
-    cfg = quick_cfg(tmp_path, ["DATASETS.TRAIN", "('missing_json',)"])
+    cfg = quick_cfg(["DATASETS.TRAIN", "('missing_json',)"])
     with pytest.raises(FileNotFoundError, match=r"dataset 'missing_json'.*none\.json"):
         Trainer(cfg)
 
 
-def test_coco_json_without_info_evaluates_as_with_an_empty_one(tmp_path, registered):
+def test_coco_json_without_info_evaluates_as_with_an_empty_one(tmp_path, quick_cfg, registered):
     # pycocotools 2.0.10's COCO.loadRes raises KeyError 'info' without it, after inference
     registered.append(_coco(tmp_path / "no_info", "no_info", lambda data: data.pop("info")))
     registered.append(_coco(tmp_path / "info", "with_info"))
     torch.manual_seed(0)
-    model = Trainer.build_model(quick_cfg(tmp_path))
+    model = Trainer.build_model(quick_cfg())
     results = {}
     for name in ("no_info", "with_info"):
-        cfg = quick_cfg(tmp_path / name, ["DATASETS.TEST", f"('{name}',)"])
+        cfg = quick_cfg_in(tmp_path / name, ["DATASETS.TEST", f"('{name}',)"])
         results[name] = Trainer.test(cfg, model)["bbox"]
     assert "AP" in results["no_info"]
     np.testing.assert_equal(results["no_info"], results["with_info"])  # NaN: no object of a size

@@ -23,12 +23,12 @@ from deformable_detr.export import (ONNX_OPSET, compare_detections, eager_detect
 from deformable_detr.layers import ms_deform_attn
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
-from model_cases import CONFIG_DIR, RELEASED_CONFIGS, build, image
+from model_cases import RELEASED_CONFIGS, build, image
+from repo_paths import CONFIG_DIR, REPO
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_TOOL = os.path.join("tools", "deploy", "export_model.py")
 PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
 SIZES = ((256, 320), (224, 352))  # the traced size, then another for the dynamic ONNX graph
@@ -136,7 +136,7 @@ def test_export_tool_onnx_and_predict(tmp_path, capsys):
     assert "classes agree: True" in capsys.readouterr().out
     pictures = tmp_path / "pictures"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, PREDICT_TOOL), "--model", str(out / "model.onnx"),
+        [sys.executable, os.path.join(REPO, PREDICT_TOOL), "--model", str(out / "model.onnx"),
          "--input", jpeg, "--output", str(pictures), "--min-size", "128", "--max-size", "160",
          "--confidence-threshold", "0"], capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": ""})
@@ -181,7 +181,7 @@ def test_onnx_predict_resize_is_the_test_resize():
 def test_onnx_predict_imports_neither_torch_nor_detectron2():
     import ast
 
-    with open(os.path.join(ROOT, PREDICT_TOOL)) as f:
+    with open(os.path.join(REPO, PREDICT_TOOL)) as f:
         tree = ast.parse(f.read())
     modules = {alias.name.split(".")[0] for node in ast.walk(tree)
                if isinstance(node, ast.Import) for alias in node.names}

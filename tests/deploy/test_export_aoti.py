@@ -2,8 +2,8 @@
 runs without Detectron2.
 
 The two-stage variant through export_aoti, and the multi-scale one through export_model.py
---format aoti end to end, with random weights and the depth of tests/test_export.py (1 encoder
-and 2 decoder layers), on CPU. Each test compiles C++ with Inductor (about 1.5 minutes on 2
+--format aoti end to end, with random weights and the depth of tests/deploy/test_export.py (1
+encoder and 2 decoder layers), on CPU. Each test compiles C++ with Inductor (about 1.5 minutes on 2
 cores), hence slow.
 The package is static: it is checked at the size it was exported at (deformable_detr/export/
 aoti.py says why).
@@ -21,7 +21,8 @@ from PIL import Image
 from deformable_detr.export import eager_detections, export_aoti, run_aoti
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
-from model_cases import CONFIG_DIR, build, image
+from model_cases import build, image
+from repo_paths import CONFIG_DIR
 from ms_deform_attn_cases import requires_extension
 
 SIZE = (256, 320)

@@ -8,18 +8,15 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from cli_cases import QUICKSTART, load_script, val_images, write_video
+from cli_cases import load_script, val_images, write_video
 from deformable_detr import get_config
 from deformable_detr.engine import Trainer
 from deformable_detr.solver import build_optimizer, check_solver_config
-from training_cases import REPO, quick_cfg
-
-CONFIGS = os.path.join(REPO, "configs")
+from repo_paths import CONFIG_DIR, QUICKSTART, REPO
 
 
 # demo.py
@@ -72,27 +69,25 @@ def test_demo_video_that_cannot_be_written_is_an_error(shapes_root, tmp_path):
 
 # train_net.py
 
-def _train_net_cli(monkeypatch, argv):
-    """train_net.cli(argv) with launch recorded instead of run; returns the recorded calls."""
-    train_net = load_script("train_net.py")
-    launched = []
-    monkeypatch.setattr(train_net, "launch", lambda *args, **kwargs: launched.append(args))
-    train_net.cli(["--config-file", QUICKSTART, *argv])
-    return launched
+def _train_net_cli(train_net_dry, argv):
+    """train_net.cli on the quickstart config with launch recorded instead of run; returns the
+    recorded calls."""
+    train_net_dry.cli(["--config-file", QUICKSTART, *argv])
+    return train_net_dry.launched
 
 
-def test_eval_only_without_weights_is_refused_before_any_model(monkeypatch, tmp_path, capsys):
+def test_eval_only_without_weights_is_refused_before_any_model(train_net_dry, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _train_net_cli(monkeypatch, ["--eval-only", "OUTPUT_DIR", str(tmp_path)])
+        _train_net_cli(train_net_dry, ["--eval-only", "OUTPUT_DIR", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--eval-only needs MODEL.WEIGHTS" in capsys.readouterr().err
     # --resume finds nothing to resume from in an empty OUTPUT_DIR
     with pytest.raises(SystemExit):
-        _train_net_cli(monkeypatch, ["--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path)])
+        _train_net_cli(train_net_dry, ["--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path)])
 
 
 @pytest.mark.parametrize("with_weights", [True, False])
-def test_eval_only_with_weights_or_a_checkpoint_to_resume_is_launched(monkeypatch, tmp_path,
+def test_eval_only_with_weights_or_a_checkpoint_to_resume_is_launched(train_net_dry, tmp_path,
                                                                       with_weights):
     no_data = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
     if with_weights:
@@ -100,7 +95,7 @@ def test_eval_only_with_weights_or_a_checkpoint_to_resume_is_launched(monkeypatc
     else:
         (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
         argv = ["--eval-only", "--resume", *no_data]
-    assert len(_train_net_cli(monkeypatch, argv)) == 1
+    assert len(_train_net_cli(train_net_dry, argv)) == 1
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and Detectron2
@@ -136,25 +131,25 @@ BAD_SOLVER_KEYS = [
 
 
 @pytest.mark.parametrize("key,value", BAD_SOLVER_KEYS)
-def test_wrong_solver_key_is_named_when_the_optimizer_is_built(tmp_path, key, value):
+def test_wrong_solver_key_is_named_when_the_optimizer_is_built(quick_cfg, key, value):
     # STEPS (500,) is a step at MAX_ITER, which fvcore refuses
-    cfg = _with(quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "500"]), key, value)
+    cfg = _with(quick_cfg(["SOLVER.MAX_ITER", "500"]), key, value)
     with pytest.raises(ValueError, match=rf"^SOLVER\.{re.escape(key)} must be .*, "
                                          rf"got {re.escape(repr(value))}$"):
         build_optimizer(cfg, torch.nn.Linear(2, 2))
 
 
-def test_trainer_refuses_max_iter_zero(tmp_path):
+def test_trainer_refuses_max_iter_zero(quick_cfg):
     with pytest.raises(ValueError, match=r"SOLVER\.MAX_ITER must be an integer >= 1, got 0"):
-        Trainer(quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "0"]))
+        Trainer(quick_cfg(["SOLVER.MAX_ITER", "0"]))
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIGS) if f.endswith(".yaml")))
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")))
 def test_shipped_configs_pass_the_solver_check(name):
-    cfg = get_config(os.path.join(CONFIGS, name))
+    cfg = get_config(os.path.join(CONFIG_DIR, name))
     check_solver_config(cfg)
     # a run shortened below the recipe's STEPS is allowed (Detectron2 ignores those steps)
-    check_solver_config(get_config(os.path.join(CONFIGS, name), ["SOLVER.MAX_ITER", "10"]))
+    check_solver_config(get_config(os.path.join(CONFIG_DIR, name), ["SOLVER.MAX_ITER", "10"]))
 
 
 # config files

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cli_cases import QUICKSTART, load_script, val_images, write_video
-from training_cases import REPO
+from cli_cases import load_script, val_images, write_video
+from repo_paths import QUICKSTART, REPO
 
 DEMO = os.path.join(REPO, "demo.py")
 

@@ -15,9 +15,7 @@ import sys
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 from detectron2.solver import LRMultiplier, build_lr_scheduler
 
@@ -31,8 +29,8 @@ from deformable_detr.data import (
 )
 from deformable_detr.lazy_engine import load_lazy_config
 from deformable_detr.solver import build_optimizer
-from model_cases import CONFIG_DIR, RELEASED_CONFIGS, build, image, instances, model_cfg
-from training_cases import REPO
+from model_cases import RELEASED_CONFIGS, build, image, instances, model_cfg
+from repo_paths import CONFIG_DIR, REPO
 
 # every YAML config with its Python twin
 PAIRS = [(name, name[:-len(".yaml")] + ".py") for name in sorted(os.listdir(CONFIG_DIR))
@@ -219,28 +217,22 @@ def test_same_data(yaml_name, py_name):
 
 # train_net.py
 
+SMALL_VAL = "ddetr_shapes_val_4"  # the conftest's shapes_val_subset(4)
+
+
 @pytest.fixture
-def small_val(shapes_root, tmp_path):
-    """The first 4 images of the built-in validation split: (its COCO json, the image folder),
-    registered as dataset "lazy_test_val"."""
-    folder = os.path.join(shapes_root, "ddetr_shapes_val")
-    with open(os.path.join(folder, "annotations.json")) as f:
-        data = json.load(f)
-    data["images"] = data["images"][:4]
-    ids = {im["id"] for im in data["images"]}
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
-    path = tmp_path / "val4.json"
-    path.write_text(json.dumps(data))
-    register_coco_instances("lazy_test_val", {}, str(path), os.path.join(folder, "images"))
-    yield str(path), os.path.join(folder, "images")
-    DatasetCatalog.remove("lazy_test_val")
-    MetadataCatalog.remove("lazy_test_val")
+def small_val(shapes_val_subset):
+    """The first 4 images of the built-in validation split, registered as dataset SMALL_VAL:
+    (its COCO json, the image folder)."""
+    name, json_file, images = shapes_val_subset(4)
+    assert name == SMALL_VAL
+    return json_file, images
 
 
 # a quick run: 2 iterations of 2 images, evaluated on the 4 images of small_val
 QUICK_RUN = ["train.max_iter=2", "lr_multiplier.scheduler.milestones=[1]",
              "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-             "dataloader.test.dataset.names=lazy_test_val", "dataloader.test.num_workers=0"]
+             f"dataloader.test.dataset.names={SMALL_VAL}", "dataloader.test.num_workers=0"]
 
 
 def _steps_and_evaluation(output):
@@ -251,8 +243,7 @@ def _steps_and_evaluation(output):
 
 @pytest.mark.slow  # 2 iterations, then 2 evaluations of 4 images
 def test_train_net_trains_and_evaluates_from_the_python_quickstart(small_val, tmp_path,
-                                                                   monkeypatch, shapes_root):
-    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.dirname(shapes_root))
+                                                                   builtin_datasets_env):
     output = tmp_path / "out"
     train_net = load_script("train_net.py")
     train_net.cli(["--config-file", QUICKSTART_PY, *QUICK_RUN, f"train.output_dir={output}"])
@@ -266,11 +257,12 @@ def test_train_net_trains_and_evaluates_from_the_python_quickstart(small_val, tm
         f"train.init_checkpoint={output / 'model_final.pth'}", f"train.output_dir={output}"])
     results = train_net.main(args)
     assert 0 <= results["bbox"]["AP"] <= 100 and "AP-circle" in results["bbox"]
-    assert (output / "inference" / "lazy_test_val" / "coco_instances_results.json").is_file()
+    assert (output / "inference" / SMALL_VAL / "coco_instances_results.json").is_file()
 
 
 @pytest.mark.slow  # two fresh processes
-def test_train_net_trains_a_python_config_in_two_cpu_processes(small_val, tmp_path, shapes_root):
+def test_train_net_trains_a_python_config_in_two_cpu_processes(small_val, tmp_path,
+                                                                 builtin_datasets_env):
     json_file, images = small_val
     config = tmp_path / "two_processes.py"
     # each process loads the config, and so registers the small test set
@@ -278,8 +270,8 @@ def test_train_net_trains_a_python_config_in_two_cpu_processes(small_val, tmp_pa
         "from detectron2.config import LazyConfig\n"
         "from detectron2.data import DatasetCatalog\n"
         "from detectron2.data.datasets import register_coco_instances\n"
-        "if 'lazy_test_val' not in DatasetCatalog.list():\n"
-        f"    register_coco_instances('lazy_test_val', {{}}, {json_file!r}, {images!r})\n"
+        f"if {SMALL_VAL!r} not in DatasetCatalog.list():\n"
+        f"    register_coco_instances({SMALL_VAL!r}, {{}}, {json_file!r}, {images!r})\n"
         f"_base = LazyConfig.load({QUICKSTART_PY!r})\n"
         "model, dataloader, optimizer, lr_multiplier, train = (\n"
         "    _base[k] for k in ('model', 'dataloader', 'optimizer', 'lr_multiplier', 'train'))\n")
@@ -287,9 +279,7 @@ def test_train_net_trains_a_python_config_in_two_cpu_processes(small_val, tmp_pa
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", str(config),
          "--num-gpus", "2", *QUICK_RUN, f"train.output_dir={output}"],
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1",
-                 DETECTRON2_DATASETS=os.path.dirname(shapes_root)))
+        capture_output=True, text=True, timeout=300, env=builtin_datasets_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "World size: 2" in (output / "log.txt").read_text()
     assert (output / "model_final.pth").is_file()
@@ -299,27 +289,25 @@ def test_train_net_trains_a_python_config_in_two_cpu_processes(small_val, tmp_pa
 
 # bad input
 
-def _cli_error(monkeypatch, capsys, argv):
+def _cli_error(train_net_dry, capsys, argv):
     """train_net.cli(argv)'s argument error (exit status 2) with launch recorded, not run."""
-    train_net = load_script("train_net.py")
-    monkeypatch.setattr(train_net, "launch", lambda *args, **kwargs: None)
     with pytest.raises(SystemExit) as exit_info:
-        train_net.cli(argv)
+        train_net_dry.cli(argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err
 
 
-def test_eval_only_without_weights_is_refused(monkeypatch, capsys, tmp_path):
-    err = _cli_error(monkeypatch, capsys, ["--config-file", QUICKSTART_PY, "--eval-only",
-                                           f"train.output_dir={tmp_path}"])
+def test_eval_only_without_weights_is_refused(train_net_dry, capsys, tmp_path):
+    err = _cli_error(train_net_dry, capsys, ["--config-file", QUICKSTART_PY, "--eval-only",
+                                             f"train.output_dir={tmp_path}"])
     assert "--eval-only needs train.init_checkpoint" in err and str(tmp_path) in err
     assert not os.listdir(tmp_path)
 
 
-def test_config_file_of_another_extension_is_refused(monkeypatch, capsys, tmp_path):
+def test_config_file_of_another_extension_is_refused(train_net_dry, capsys, tmp_path):
     path = tmp_path / "config.txt"
     path.write_text("model = 1\n")
-    err = _cli_error(monkeypatch, capsys, ["--config-file", str(path)])
+    err = _cli_error(train_net_dry, capsys, ["--config-file", str(path)])
     assert re.search(r"must be a yacs config \(\.yaml, \.yml\) or a LazyConfig \(\.py\), "
                      rf"got '{re.escape(str(path))}'", err)
 

@@ -30,7 +30,8 @@ from cli_cases import load_script
 from deformable_detr.data import build_detr_augmentation
 from deformable_detr.data.augmentation import detr_resized_size
 from deformable_detr.solver import build_optimizer
-from model_cases import CONFIG_DIR, RELEASED_CONFIGS, build, model_cfg
+from model_cases import RELEASED_CONFIGS, build, model_cfg
+from repo_paths import CONFIG_DIR
 
 COCO_TRAIN_IMAGES = 118287
 BATCH = 2 * 16  # 2 images per GPU on 16 GPUs
@@ -266,12 +267,11 @@ def test_imagenet_pkl_loads_through_the_safe_path_into_every_backbone_weight(tmp
 
 
 @pytest.mark.slow
-def test_train_net_trains_ddetr_r50_from_the_imagenet_file(shapes_root, tmp_path, monkeypatch):
+def test_train_net_trains_ddetr_r50_from_the_imagenet_file(builtin_datasets_env, tmp_path):
     """Two iterations of the released config (batch 32, AdamW, clipping, DETR's augmentation with
     its crop) starting from an ImageNet-layout file."""
     weights = tmp_path / "R-50.pkl"
     write_imagenet_pkl(weights)
-    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.dirname(shapes_root))
     output = tmp_path / "out"
     load_script("train_net.py").cli([
         "--config-file", os.path.join(CONFIG_DIR, "ddetr_r50.yaml"),

@@ -10,7 +10,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 
 from deformable_detr.engine import Trainer
-from training_cases import quick_cfg
 
 
 def _train(cfg, resume=False):
@@ -20,8 +19,8 @@ def _train(cfg, resume=False):
     return trainer
 
 
-def test_short_training_lowers_the_loss(shapes_root, tmp_path):
-    cfg = quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "40"])
+def test_short_training_lowers_the_loss(shapes_root, quick_cfg):
+    cfg = quick_cfg(["SOLVER.MAX_ITER", "40"])
     trainer = _train(cfg)
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 40
@@ -33,8 +32,8 @@ def test_short_training_lowers_the_loss(shapes_root, tmp_path):
         assert name in trainer.storage.histories(), name
 
 
-def test_evaluation_yields_coco_metrics(shapes_root, tmp_path):
-    cfg = quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "2"])
+def test_evaluation_yields_coco_metrics(shapes_root, tmp_path, quick_cfg):
+    cfg = quick_cfg(["SOLVER.MAX_ITER", "2"])
     model = Trainer.build_model(cfg)
     results = Trainer.test(cfg, model)
     bbox = results["bbox"]
@@ -44,13 +43,13 @@ def test_evaluation_yields_coco_metrics(shapes_root, tmp_path):
     assert os.path.exists(tmp_path / "inference" / "ddetr_shapes_val" / "coco_instances_results.json")
 
 
-def test_resume_continues_at_the_saved_iteration(shapes_root, tmp_path):
-    first = _train(quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "6"]))
+def test_resume_continues_at_the_saved_iteration(shapes_root, quick_cfg):
+    first = _train(quick_cfg(["SOLVER.MAX_ITER", "6"]))
     saved = {k: v.clone() for k, v in first.model.state_dict().items()}
     saved_lr = first.optimizer.param_groups[0]["lr"]
 
     # "stopped" after 6 of 12 iterations; the lr steps down at 9
-    cfg = quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(9,)"])
+    cfg = quick_cfg(["SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(9,)"])
     resumed = Trainer(cfg)
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 6
@@ -64,18 +63,18 @@ def test_resume_continues_at_the_saved_iteration(shapes_root, tmp_path):
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * saved_lr)
 
 
-def test_resume_without_a_checkpoint_starts_from_scratch(shapes_root, tmp_path):
-    trainer = Trainer(quick_cfg(tmp_path, ["SOLVER.MAX_ITER", "1"]))
+def test_resume_without_a_checkpoint_starts_from_scratch(shapes_root, quick_cfg):
+    trainer = Trainer(quick_cfg(["SOLVER.MAX_ITER", "1"]))
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 0
 
 
-def test_images_without_objects_are_kept(shapes_root):
+def test_images_without_objects_are_kept(shapes_root, quick_cfg):
     from detectron2.data import get_detection_dataset_dicts
 
     from deformable_detr.data import DetrDatasetMapper
 
-    cfg = quick_cfg("/tmp")
+    cfg = quick_cfg()
     empty = dict(DatasetCatalog.get("ddetr_shapes_val")[0], annotations=[], image_id=-1)
     DatasetCatalog.register("ddetr_test_with_empty", lambda: [empty])
     try:
@@ -88,8 +87,8 @@ def test_images_without_objects_are_kept(shapes_root):
         DatasetCatalog.remove("ddetr_test_with_empty")
 
 
-def test_weights_that_match_nothing_are_refused(shapes_root, tmp_path):
-    cfg = quick_cfg(tmp_path)
+def test_weights_that_match_nothing_are_refused(shapes_root, tmp_path, quick_cfg):
+    cfg = quick_cfg()
     model = Trainer.build_model(cfg)
     path = tmp_path / "other.pth"
     torch.save({"model": {"foo.weight": torch.zeros(3)}}, path)

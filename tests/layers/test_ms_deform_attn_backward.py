@@ -39,6 +39,7 @@ from ms_deform_attn_cases import (
     reference_grads64,
     requires_extension,
 )
+from repo_paths import TESTS_DIR
 
 pytestmark = requires_extension
 
@@ -167,10 +168,9 @@ def test_isa_variant(capability):
     missing = ISA_REQUIREMENTS[capability] - _cpu_flags()
     if missing:
         pytest.skip(f"this CPU lacks {sorted(missing)}")
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
     code = (
         "import json, sys\n"
-        f"sys.path.insert(0, {tests_dir!r})\n"
+        f"sys.path.insert(0, {TESTS_DIR!r})\n"
         "import ms_deform_attn_cases as cases\n"
         "print(json.dumps(cases.isa_report()))\n"
     )

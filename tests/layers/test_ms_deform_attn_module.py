@@ -49,20 +49,23 @@ def test_initial_values():
         assert abs(lin.weight.std().item() - bound / math.sqrt(3)) < 0.02 * bound
 
 
-def _single_point_module(n_levels=1):
-    attn = MSDeformAttn(d_model=4, n_levels=n_levels, n_heads=1, n_points=1).double()
+def _single_point(offset, shapes):
+    """A float64 module of one head and one point per level, identity projections and sampling
+    offset bias `offset` ((x, y) per level, in pixels), on levels `shapes`, with random values:
+    (attn, value, spatial_shapes, starts)."""
+    attn = MSDeformAttn(d_model=4, n_levels=len(shapes), n_heads=1, n_points=1).double()
     identity_projections(attn)
-    return attn
+    with torch.no_grad():
+        attn.sampling_offsets.bias.copy_(torch.tensor(offset))
+    spatial_shapes, starts, S = levels(shapes)
+    value = torch.randn(1, S, 4, dtype=torch.float64)
+    return attn, value, spatial_shapes, starts
 
 
 def test_two_d_reference_offsets_are_in_pixels():
     # One 4x4 level; the query's reference point is the centre of pixel (row 1, col 1) and its
     # offset is (+1, +1) pixels, so it samples exactly pixel (row 2, col 2).
-    attn = _single_point_module()
-    with torch.no_grad():
-        attn.sampling_offsets.bias.copy_(torch.tensor([1.0, 1.0]))
-    spatial_shapes, starts, S = levels([(4, 4)])
-    value = torch.randn(1, S, 4, dtype=torch.float64)
+    attn, value, spatial_shapes, starts = _single_point([1.0, 1.0], [(4, 4)])
     ref = torch.tensor([1.5 / 4, 1.5 / 4], dtype=torch.float64).view(1, 1, 1, 2)
     query = torch.zeros(1, 1, 4, dtype=torch.float64)
     out = attn(query, ref, value, spatial_shapes, starts)
@@ -72,11 +75,7 @@ def test_two_d_reference_offsets_are_in_pixels():
 def test_offsets_scale_with_each_level():
     # Two levels, 4x4 and 2x2: an offset of +1 pixel in x moves by 1/4 on the first and 1/2 on
     # the second; attention is uniform (1/2 each), so the output is the mean of two pixels.
-    attn = _single_point_module(n_levels=2)
-    with torch.no_grad():
-        attn.sampling_offsets.bias.copy_(torch.tensor([1.0, 0.0, 1.0, 0.0]))
-    spatial_shapes, starts, S = levels([(4, 4), (2, 2)])
-    value = torch.randn(1, S, 4, dtype=torch.float64)
+    attn, value, spatial_shapes, starts = _single_point([1.0, 0.0, 1.0, 0.0], [(4, 4), (2, 2)])
     # reference point: centre of pixel (0, 0) on level 0, of pixel (0, 0) on level 1
     ref = torch.tensor([[0.5 / 4, 0.5 / 4], [0.5 / 2, 0.5 / 2]], dtype=torch.float64)
     out = attn(torch.zeros(1, 1, 4, dtype=torch.float64), ref.view(1, 1, 2, 2), value,
@@ -89,11 +88,7 @@ def test_four_d_reference_offsets_are_in_half_box_sizes():
     # Box (cx, cy, w, h) = (0.375, 0.375, 0.5, 1.0), P = 1: location = centre + offset * wh / 2.
     # Offset (1, 0.25) moves by (0.25, 0.125): to (0.625, 0.5) = between pixels (1, 2) and (2, 2)
     # of a 4x4 map (x * 4 - 0.5 = 2, y * 4 - 0.5 = 1.5).
-    attn = _single_point_module()
-    with torch.no_grad():
-        attn.sampling_offsets.bias.copy_(torch.tensor([1.0, 0.25]))
-    spatial_shapes, starts, S = levels([(4, 4)])
-    value = torch.randn(1, S, 4, dtype=torch.float64)
+    attn, value, spatial_shapes, starts = _single_point([1.0, 0.25], [(4, 4)])
     box = torch.tensor([0.375, 0.375, 0.5, 1.0], dtype=torch.float64).view(1, 1, 1, 4)
     out = attn(torch.zeros(1, 1, 4, dtype=torch.float64), box, value, spatial_shapes, starts)
     expected = 0.5 * (value[0, 1 * 4 + 2] + value[0, 2 * 4 + 2])

@@ -9,14 +9,12 @@ and test_model_padding.py.
 """
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from deformable_detr.engine import Trainer
 from model_cases import BACKBONE_CONFIGS, NO_WEIGHTS, build, image, model_cfg, training_batch
-from training_cases import quick_cfg
 
 # ImageNet parameter counts in millions, as published (Swin Table 1, MViTv2 Table 2, RegNet's
 # model zoo, ViT-B/16), less the 1000-class classifier of the trunk's final width.
@@ -67,17 +65,10 @@ def test_a_training_step_reaches_every_backbone_parameter(name):
     assert not missing, missing
 
 
-@pytest.fixture(scope="module")
-def shapes_val_8(shapes_root):
+@pytest.fixture
+def shapes_val_8(shapes_val_subset):
     """The first 8 images of the built-in validation set, as a dataset of their own."""
-    name = "ddetr_shapes_val_8"
-    if name not in DatasetCatalog.list():
-        first = DatasetCatalog.get("ddetr_shapes_val")[:8]  # loading sets the id mapping
-        DatasetCatalog.register(name, lambda: first)
-        meta = MetadataCatalog.get("ddetr_shapes_val")
-        MetadataCatalog.get(name).set(thing_classes=meta.thing_classes,
-                                      thing_dataset_id_to_contiguous_id=
-                                      meta.thing_dataset_id_to_contiguous_id)
+    name, _, _ = shapes_val_subset(8)
     return name
 
 
@@ -142,14 +133,14 @@ def build_toy_backbone(cfg, input_shape):
     return ToyBackbone()
 
 
-def test_a_registered_user_backbone_trains_and_evaluates(shapes_val_8, tmp_path):
+def test_a_registered_user_backbone_trains_and_evaluates(shapes_val_8, quick_cfg):
     """README's recipe: register a builder, name it in MODEL.BACKBONE.NAME and the neck's
     IN_FEATURES; nothing else changes."""
     if "build_toy_backbone" not in BACKBONE_REGISTRY:
         BACKBONE_REGISTRY.register(build_toy_backbone)
-    cfg = quick_cfg(tmp_path, ["MODEL.BACKBONE.NAME", "build_toy_backbone",
-                               "MODEL.DEFORMABLE_DETR.IN_FEATURES", '["c3", "c4", "c5"]',
-                               "SOLVER.MAX_ITER", "2", "DATASETS.TEST", f"('{shapes_val_8}',)"])
+    cfg = quick_cfg(["MODEL.BACKBONE.NAME", "build_toy_backbone",
+                     "MODEL.DEFORMABLE_DETR.IN_FEATURES", '["c3", "c4", "c5"]',
+                     "SOLVER.MAX_ITER", "2", "DATASETS.TEST", f"('{shapes_val_8}',)"])
     trainer = Trainer(cfg)
     assert isinstance(trainer.model.backbone, ToyBackbone)
     before = trainer.model.backbone.stem.weight.detach().clone()

@@ -5,7 +5,7 @@ two-stage proposals on padding get no box (their memory is zeroed, their coordin
 Exact test: in eval mode on the padded batch (the released computation, as in training),
 replacing the neck's features at an image's padded positions with random values changes none of
 the decoder's outputs (to 1e-5). That the backbone and the neck themselves do not see the padding
-at test time is tests/test_batch_invariance.py.
+at test time is tests/modeling/test_batch_invariance.py.
 """
 import pytest
 import torch
