@@ -21,9 +21,9 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
                                       const at::Tensor& attention_weights);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
-    const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output);
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+    const at::Tensor& grad_output);
 
 #ifdef WITH_CUDA
 at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
@@ -32,9 +32,9 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
                                        const at::Tensor& attention_weights);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
-    const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output);
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+    const at::Tensor& grad_output);
 #endif
 
 // Sizes of one call, read off the checked tensors.

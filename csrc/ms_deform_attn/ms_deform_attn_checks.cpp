@@ -26,16 +26,16 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
               "sampling_locations ", sampling_locations.sizes(), " disagrees with value ",
               value.sizes());
   TORCH_CHECK(attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
-              "attention_weights ", attention_weights.sizes(), " disagrees with sampling_locations ",
-              sampling_locations.sizes());
-  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(0) == s.L &&
-                  spatial_shapes.size(1) == 2,
-              "spatial_shapes must be (L, 2) with L = ", s.L, ", got ", spatial_shapes.sizes());
+              "attention_weights ", attention_weights.sizes(),
+              " disagrees with sampling_locations ", sampling_locations.sizes());
+  TORCH_CHECK(
+      spatial_shapes.dim() == 2 && spatial_shapes.size(0) == s.L && spatial_shapes.size(1) == 2,
+      "spatial_shapes must be (L, 2) with L = ", s.L, ", got ", spatial_shapes.sizes());
   TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == s.L,
               "level_start_index must be (L,) with L = ", s.L, ", got ", level_start_index.sizes());
-  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong &&
-                  level_start_index.scalar_type() == at::kLong,
-              "spatial_shapes and level_start_index must be int64");
+  TORCH_CHECK(
+      spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
+      "spatial_shapes and level_start_index must be int64");
   const auto value_type = value.scalar_type(), location_type = sampling_locations.scalar_type();
   const bool half_value = value_type == at::kHalf || value_type == at::kBFloat16;
   TORCH_CHECK(attention_weights.scalar_type() == location_type &&
@@ -72,8 +72,8 @@ void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_
 Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                       const at::Tensor& attention_weights, const at::Tensor& grad_output) {
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                               attention_weights);
+  const Sizes s =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   Inputs in{value.contiguous(),
             spatial_shapes.contiguous(),
             level_start_index.contiguous(),

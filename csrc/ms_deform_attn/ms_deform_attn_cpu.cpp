@@ -13,8 +13,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros_like.h>
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -158,8 +158,8 @@ void backward_cpu(const Inputs& in, at::Tensor& grad_value, at::Tensor& grad_loc
                       gap, s, n, m, zeros.data(), scratch.data());
       } else {
         std::fill(buffer.begin(), buffer.end(), acc_t(0));
-        backward_task(p.value, p.shapes, p.starts, p.loc, p.attn, gop, buffer.data(), s.D, glp,
-                      gap, s, n, m, zeros.data(), scratch.data());
+        backward_task(p.value, p.shapes, p.starts, p.loc, p.attn, gop, buffer.data(), s.D, glp, gap,
+                      s, n, m, zeros.data(), scratch.data());
         for (int64_t j = 0; j < s.S; ++j) {
           for (int64_t d = 0; d < s.D; ++d) {
             grad_nm[j * pixel_stride + d] = static_cast<scalar_t>(buffer[j * s.D + d]);

@@ -76,9 +76,9 @@ inline void prefetch(const T* p, int64_t count) {
 // corners outside the map, then (kD == 0) grad_output.
 template <typename scalar_t, typename loc_t, typename acc_t, int kD>
 void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                   const loc_t* loc, const loc_t* attn, const scalar_t* grad_out,
-                   acc_t* grad_nm, int64_t grad_stride, loc_t* grad_loc, loc_t* grad_attn,
-                   const Sizes& s, int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
+                   const loc_t* loc, const loc_t* attn, const scalar_t* grad_out, acc_t* grad_nm,
+                   int64_t grad_stride, loc_t* grad_loc, loc_t* grad_attn, const Sizes& s,
+                   int64_t n, int64_t m, const scalar_t* zeros, acc_t* scratch) {
   const int64_t D = kD > 0 ? kD : s.D;
   const int64_t pixel_stride = s.M * D;  // from one pixel's row of a head to the next pixel's
   const scalar_t* value_nm = value + (n * s.S * s.M + m) * D;

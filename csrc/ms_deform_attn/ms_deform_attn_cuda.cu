@@ -1,7 +1,8 @@
 // CUDA kernels of multi-scale deformable attention. The sampling math is the one the CPU kernels
 // use (ms_deform_attn_sampling.h). Any batch size: indices are 64-bit and the loops grid-stride.
-// Inputs of float16/bfloat16 are accumulated in float32 (at::opmath_type). Only c10's CUDA headers
-// are included: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers that minimal toolkits lack.
+// Inputs of float16/bfloat16 are accumulated in float32 (at::opmath_type). Only c10's CUDA
+// headers are included: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers that minimal
+// toolkits lack.
 //
 // Shapes: value (N, S, M, D); sampling_locations (N, Lq, M, L, P, 2);
 // attention_weights (N, Lq, M, L, P); output (N, Lq, M * D).
@@ -32,9 +33,9 @@ int64_t num_blocks(int64_t total) {
 template <typename scalar_t, typename loc_t, typename acc_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ value,
                                const int64_t* __restrict__ shapes,
-                               const int64_t* __restrict__ starts,
-                               const loc_t* __restrict__ loc, const loc_t* __restrict__ attn,
-                               scalar_t* __restrict__ out, Sizes s) {
+                               const int64_t* __restrict__ starts, const loc_t* __restrict__ loc,
+                               const loc_t* __restrict__ attn, scalar_t* __restrict__ out,
+                               Sizes s) {
   const int64_t total = s.N * s.Lq * s.M * s.D;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -67,12 +68,11 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
 template <typename scalar_t, typename loc_t, typename acc_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ value,
                                 const int64_t* __restrict__ shapes,
-                                const int64_t* __restrict__ starts,
-                                const loc_t* __restrict__ loc,
+                                const int64_t* __restrict__ starts, const loc_t* __restrict__ loc,
                                 const loc_t* __restrict__ attn,
-                                const scalar_t* __restrict__ grad_out, acc_t* __restrict__ grad_value,
-                                loc_t* __restrict__ grad_loc, loc_t* __restrict__ grad_attn,
-                                Sizes s) {
+                                const scalar_t* __restrict__ grad_out,
+                                acc_t* __restrict__ grad_value, loc_t* __restrict__ grad_loc,
+                                loc_t* __restrict__ grad_attn, Sizes s) {
   const int64_t total = s.N * s.Lq * s.M * s.L * s.P;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

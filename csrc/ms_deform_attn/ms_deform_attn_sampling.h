@@ -49,8 +49,7 @@ DDETR_HOST_DEVICE bool bilinear_corners(acc_t x, acc_t y, int64_t H, int64_t W,
   const acc_t h = y * static_cast<acc_t>(H) - acc_t(0.5);
   const acc_t w = x * static_cast<acc_t>(W) - acc_t(0.5);
   // Written so that NaN fails every comparison.
-  if (!(h > acc_t(-1) && w > acc_t(-1) && h < static_cast<acc_t>(H) &&
-        w < static_cast<acc_t>(W))) {
+  if (!(h > acc_t(-1) && w > acc_t(-1) && h < static_cast<acc_t>(H) && w < static_cast<acc_t>(W))) {
     return false;
   }
   const acc_t h0f = floor_value(h);
@@ -81,8 +80,8 @@ DDETR_HOST_DEVICE bool bilinear_corners(acc_t x, acc_t y, int64_t H, int64_t W,
 
 // The corners of sample i, whose location (x, y) is at locations[2 * i], in acc_t.
 template <typename acc_t, typename scalar_t>
-DDETR_HOST_DEVICE bool sample_corners(const scalar_t* locations, int64_t i, int64_t H,
-                                      int64_t W, BilinearCorners<acc_t>& c) {
+DDETR_HOST_DEVICE bool sample_corners(const scalar_t* locations, int64_t i, int64_t H, int64_t W,
+                                      BilinearCorners<acc_t>& c) {
   return bilinear_corners<acc_t>(static_cast<acc_t>(locations[2 * i]),
                                  static_cast<acc_t>(locations[2 * i + 1]), H, W, c);
 }
