@@ -13,14 +13,17 @@ deepest folder all the images share (a/x.jpg and b/x.jpg become OUT/a/x.jpg and 
 folder's images keep their file names). Otherwise --output is the file of the one picture or of
 the video, and its folder is created.
 """
+
 import argparse
 import glob
 import logging
 import math
 import os
 import sys
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
-                                "DeformableDETR"))
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "DeformableDETR")
+)
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
@@ -54,10 +57,15 @@ def get_parser():
     parser.add_argument("--input", nargs="+", help="image files or glob patterns")
     parser.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", help="a folder for images (or a file for one image / video)")
-    parser.add_argument("--confidence-threshold", type=probability, default=0.5,
-                        help="minimum score of the detections drawn")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=probability,
+        default=0.5,
+        help="minimum score of the detections drawn",
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
+    )
     return parser
 
 
@@ -147,8 +155,7 @@ def run_video(predictor, metadata, args):
                 h, w = picture.shape[:2]
                 writer = cv2.VideoWriter(args.output, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                 if not writer.isOpened():
-                    raise OSError(f"--output: OpenCV cannot write an mp4v video to "
-                                  f"{args.output!r}")
+                    raise OSError(f"--output: OpenCV cannot write an mp4v video to {args.output!r}")
             writer.write(picture)
         frames += 1
     video.release()

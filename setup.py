@@ -1,9 +1,11 @@
-"""Builds the compiled op `deformable_detr._C` from csrc/ and installs the `deformable_detr` package.
+"""Builds the compiled op `deformable_detr._C` from csrc/ and installs the `deformable_detr`
+package.
 
 The C++ (CPU) kernels are always built. The CUDA kernels are built too when a CUDA toolkit is found
 and either a GPU is visible or FORCE_CUDA=1 (to compile them on a machine without a GPU).
 Build with `pip install --no-build-isolation -e .` so that the build uses the installed torch.
 """
+
 import glob
 import os
 

@@ -12,12 +12,14 @@ Overrides: KEY VALUE pairs for a yacs config, key=value (Hydra's syntax) for a L
 Any dataset registered in Detectron2's DatasetCatalog works (see README.md); the built-in
 synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are written on first use.
 """
+
 import os
 import sys
 from typing import List, NamedTuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects",
-                                "DeformableDETR"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "DeformableDETR")
+)
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
@@ -43,6 +45,7 @@ def load_config(args):
 
 class Settings(NamedTuple):
     """What cli and main read of either kind of config, with the keys to name in errors."""
+
     weights_key: str
     weights: str
     output_key: str
@@ -54,10 +57,22 @@ class Settings(NamedTuple):
 def read_settings(cfg, lazy: bool) -> Settings:
     if lazy:
         train = cfg.train
-        return Settings("train.init_checkpoint", train.init_checkpoint, "train.output_dir",
-                        train.output_dir, train.device, sum(lazy_engine.dataset_names(cfg), []))
-    return Settings("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS, "OUTPUT_DIR", cfg.OUTPUT_DIR,
-                    cfg.MODEL.DEVICE, list(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST))
+        return Settings(
+            "train.init_checkpoint",
+            train.init_checkpoint,
+            "train.output_dir",
+            train.output_dir,
+            train.device,
+            sum(lazy_engine.dataset_names(cfg), []),
+        )
+    return Settings(
+        "MODEL.WEIGHTS",
+        cfg.MODEL.WEIGHTS,
+        "OUTPUT_DIR",
+        cfg.OUTPUT_DIR,
+        cfg.MODEL.DEVICE,
+        list(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST),
+    )
 
 
 def register_datasets(names):
@@ -79,7 +94,8 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         WeightsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -94,23 +110,32 @@ def cli(argv=None):
     args = parser.parse_args(argv)
     extension = os.path.splitext(args.config_file)[1]
     if args.config_file and extension not in YAML_EXTENSIONS + LAZY_EXTENSIONS:
-        parser.error(f"--config-file must be a yacs config ({', '.join(YAML_EXTENSIONS)}) or a "
-                     f"LazyConfig ({', '.join(LAZY_EXTENSIONS)}), got {args.config_file!r}")
+        parser.error(
+            f"--config-file must be a yacs config ({', '.join(YAML_EXTENSIONS)}) or a "
+            f"LazyConfig ({', '.join(LAZY_EXTENSIONS)}), got {args.config_file!r}"
+        )
     settings = read_settings(load_config(args), is_lazy(args.config_file))
     # fvcore's Checkpointer names the latest checkpoint of the output dir in this file
-    resumable = args.resume and os.path.isfile(os.path.join(settings.output_dir,
-                                                            "last_checkpoint"))
+    resumable = args.resume and os.path.isfile(os.path.join(settings.output_dir, "last_checkpoint"))
     if args.eval_only and not settings.weights and not resumable:
-        parser.error(f"--eval-only needs {settings.weights_key} (or --resume with a "
-                     f"last_checkpoint in {settings.output_key} {settings.output_dir!r}); without "
-                     f"it a randomly initialised model would be evaluated")
+        parser.error(
+            f"--eval-only needs {settings.weights_key} (or --resume with a "
+            f"last_checkpoint in {settings.output_key} {settings.output_dir!r}); without "
+            f"it a randomly initialised model would be evaluated"
+        )
     # written once here, not by every process of a multi-process launch
     register_datasets(settings.datasets)
     if settings.device == "cpu" and args.num_gpus * args.num_machines > 1:
         # launch picks NCCL whenever a GPU is visible; CPU processes need gloo
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 if __name__ == "__main__":

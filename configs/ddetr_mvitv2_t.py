@@ -1,6 +1,7 @@
 """Multi-scale Deformable DETR on MViTv2-T, with the released recipe: the LazyConfig twin of
 ddetr_mvitv2_t.yaml. Not a released model; MViTv2-S / -B by the arguments of mvit_backbone (the
 MODEL.MVIT keys of their names)."""
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
@@ -21,8 +22,9 @@ model.backbone = L(mvit_backbone)(  # MODEL.BACKBONE.NAME "build_deformable_detr
     out_features=["scale3", "scale4", "scale5"],  # MODEL.MVIT.OUT_FEATURES: strides 8, 16, 32
 )
 # stage k: EMBED_DIM * 2^(k - 2) channels at stride 2^k
-model.neck.input_shape = {f"scale{k}": ShapeSpec(channels=EMBED_DIM * 2 ** (k - 2), stride=2 ** k)
-                          for k in (3, 4, 5)}
+model.neck.input_shape = {
+    f"scale{k}": ShapeSpec(channels=EMBED_DIM * 2 ** (k - 2), stride=2**k) for k in (3, 4, 5)
+}
 model.neck.in_features = ["scale3", "scale4", "scale5"]  # DEFORMABLE_DETR.IN_FEATURES
 # MODEL.WEIGHTS: MViTv2's official ImageNet file, converted with tools/convert_mvit.py
 train.init_checkpoint = "weights/imagenet_mvitv2_t.pth"

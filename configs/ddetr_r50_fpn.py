@@ -2,6 +2,7 @@
 by a stride-2 conv, as on the plain ResNet. Not a released model: the LazyConfig twin of
 ddetr_r50_fpn.yaml, trained with the released recipe; the ImageNet file fills the FPN's bottom-up
 ResNet, the FPN's own layers start from scratch."""
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
@@ -20,5 +21,5 @@ model.backbone = L(FPN)(
     fuse_type="sum",  # FPN.FUSE_TYPE
 )
 # P3-P6, 256 channels each
-model.neck.input_shape = {f"p{k}": ShapeSpec(channels=256, stride=2 ** k) for k in range(3, 7)}
+model.neck.input_shape = {f"p{k}": ShapeSpec(channels=256, stride=2**k) for k in range(3, 7)}
 model.neck.in_features = ["p3", "p4", "p5"]  # DEFORMABLE_DETR.IN_FEATURES

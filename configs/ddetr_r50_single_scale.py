@@ -1,5 +1,6 @@
 """Single-scale Deformable DETR: C5 only, one feature level (released: 39.4 box AP): the
 LazyConfig twin of ddetr_r50_single_scale.yaml."""
+
 from .ddetr_r50 import dataloader, lr_multiplier, model, optimizer, train
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

@@ -1,6 +1,7 @@
 """Multi-scale Deformable DETR on RegNetY-4.0GF, with the released recipe: the LazyConfig twin of
 ddetr_regnety_4gf.yaml. Not a released model; other RegNets by the arguments of regnet_backbone
 (the MODEL.REGNET keys of their names)."""
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
@@ -25,9 +26,11 @@ model.backbone = L(regnet_backbone)(
     freeze_at=2,  # MODEL.BACKBONE.FREEZE_AT: stem and the first stage frozen
 )
 # the stages' widths, as RegNetY-4.0GF's parameters give them (with group-width rounding)
-model.neck.input_shape = {"s2": ShapeSpec(channels=192, stride=8),
-                          "s3": ShapeSpec(channels=512, stride=16),
-                          "s4": ShapeSpec(channels=1088, stride=32)}
+model.neck.input_shape = {
+    "s2": ShapeSpec(channels=192, stride=8),
+    "s3": ShapeSpec(channels=512, stride=16),
+    "s4": ShapeSpec(channels=1088, stride=32),
+}
 model.neck.in_features = ["s2", "s3", "s4"]  # DEFORMABLE_DETR.IN_FEATURES
 # MODEL.PIXEL_MEAN / PIXEL_STD and INPUT.FORMAT: pycls trained on BGR images with these
 model.pixel_mean = [103.530, 116.280, 123.675]

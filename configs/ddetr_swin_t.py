@@ -1,6 +1,7 @@
 """Multi-scale Deformable DETR on Swin-T, with the released recipe: the LazyConfig twin of
 ddetr_swin_t.yaml. Not a released model; Swin-S / -B by the arguments of swin_backbone (the
 MODEL.SWIN keys of their names)."""
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
@@ -22,8 +23,9 @@ model.backbone = L(swin_backbone)(  # MODEL.BACKBONE.NAME "build_deformable_detr
     frozen_stages=-1,  # MODEL.SWIN.FROZEN_STAGES: nothing frozen
 )
 # stage i: EMBED_DIM * 2^i channels at stride 2^(i + 2)
-model.neck.input_shape = {f"p{i}": ShapeSpec(channels=EMBED_DIM * 2 ** i, stride=2 ** (i + 2))
-                          for i in (1, 2, 3)}
+model.neck.input_shape = {
+    f"p{i}": ShapeSpec(channels=EMBED_DIM * 2**i, stride=2 ** (i + 2)) for i in (1, 2, 3)
+}
 model.neck.in_features = ["p1", "p2", "p3"]  # DEFORMABLE_DETR.IN_FEATURES
 # MODEL.WEIGHTS: Swin's official ImageNet file, converted with tools/convert_swin.py
 train.init_checkpoint = "weights/imagenet_swin_t.pth"

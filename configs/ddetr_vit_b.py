@@ -1,6 +1,7 @@
 """Multi-scale Deformable DETR on ViTDet's backbone (ViT-B/16 with window attention and a simple
 feature pyramid), with the released recipe: the LazyConfig twin of ddetr_vit_b.yaml. Not a
 released model."""
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
@@ -28,8 +29,7 @@ model.backbone = L(vit_backbone)(  # MODEL.BACKBONE.NAME "build_deformable_detr_
     scale_factors=[2.0, 1.0, 0.5],  # MODEL.VIT.SCALE_FACTORS: p3, p4, p5 from the stride-16 map
     out_channels=OUT_CHANNELS,
 )
-model.neck.input_shape = {f"p{k}": ShapeSpec(channels=OUT_CHANNELS, stride=2 ** k)
-                          for k in (3, 4, 5)}
+model.neck.input_shape = {f"p{k}": ShapeSpec(channels=OUT_CHANNELS, stride=2**k) for k in (3, 4, 5)}
 model.neck.in_features = ["p3", "p4", "p5"]  # DEFORMABLE_DETR.IN_FEATURES
 # INPUT.MAX_SIZE_TRAIN / MAX_SIZE_TEST: the longer side must fit the square (the model refuses
 # a larger image)

@@ -3,6 +3,7 @@ few minutes: the LazyConfig twin of quickstart.yaml (`python train_net.py --conf
 configs/quickstart.py`). Not a released model: ResNet-18 with trainable BatchNorm, a narrow
 transformer of 2 + 2 layers, box refinement, 128x160 images. Every value below departs from the
 released recipe of ddetr_r50.py, for the reason given."""
+
 from detectron2.layers import ShapeSpec
 
 from .ddetr_r50 import dataloader, lr_multiplier, model, optimizer, train
@@ -19,11 +20,15 @@ model.backbone.res2_out_channels = 64  # RESNETS.RES2_OUT_CHANNELS: ResNet-18's
 model.backbone.norm = "BN"  # RESNETS.NORM: trainable statistics from scratch
 model.backbone.freeze_at = 0  # BACKBONE.FREEZE_AT: nothing pretrained to keep
 # the ResNet-18 maps the neck takes
-model.neck.input_shape = {"res3": ShapeSpec(channels=128, stride=8),
-                          "res4": ShapeSpec(channels=256, stride=16),
-                          "res5": ShapeSpec(channels=512, stride=32)}
+model.neck.input_shape = {
+    "res3": ShapeSpec(channels=128, stride=8),
+    "res4": ShapeSpec(channels=256, stride=16),
+    "res5": ShapeSpec(channels=512, stride=32),
+}
 model.transformer.num_classes = 3  # DEFORMABLE_DETR.NUM_CLASSES: circle, square, triangle
-model.transformer.num_queries = 30  # DEFORMABLE_DETR.NUM_QUERIES: at most a handful of objects per image
+model.transformer.num_queries = (
+    30  # DEFORMABLE_DETR.NUM_QUERIES: at most a handful of objects per image
+)
 model.transformer.d_model = 128  # DEFORMABLE_DETR.HIDDEN_DIM
 model.position_embedding.num_pos_feats = 64  # half of HIDDEN_DIM
 model.transformer.nhead = 4  # DEFORMABLE_DETR.NHEADS

@@ -15,10 +15,12 @@ runs the whole model once: at 800 x 1333 on two CPU cores it took 15 s (20 s wit
 Operators that only produce unused outputs (the class heads of the earlier decoder layers, which
 inference does not return) are dropped from the trace and not counted.
 """
+
 import argparse
 import os
 import sys
 import time
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
@@ -47,8 +49,9 @@ def report(model, analysis, seconds):
     by_module = flops_by_module(analysis)
     params = parameter_count(model)
     total = by_module[""]
-    print(f"total: {total / 1e9:.3f} GFLOPs, {params[''] :,} parameters "
-          f"(traced in {seconds:.1f} s)\n")
+    print(
+        f"total: {total / 1e9:.3f} GFLOPs, {params['']:,} parameters (traced in {seconds:.1f} s)\n"
+    )
     print(f"{'module':<22}{'GFLOPs':>10}{'share':>8}{'parameters':>14}")
     inside = 0
     for name, _ in model.named_children():
@@ -63,8 +66,10 @@ def report(model, analysis, seconds):
         print(f"{op:<32}{_g(flops)}")
     unsupported = analysis.unsupported_ops()
     if unsupported:
-        print("\ncounted as zero (no FLOP handle): "
-              + ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items())))
+        print(
+            "\ncounted as zero (no FLOP handle): "
+            + ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items()))
+        )
 
 
 def main(argv=None):
@@ -72,8 +77,12 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--height", type=int, default=800, help="input image height (pixels)")
     parser.add_argument("--width", type=int, default=1333, help="input image width (pixels)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="config KEY VALUE pairs, after everything else")
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config KEY VALUE pairs, after everything else",
+    )
     args = parser.parse_args(argv)
     if args.height < 1 or args.width < 1:
         parser.error(f"--height and --width must be positive, got {args.height} x {args.width}")
@@ -82,8 +91,10 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(0)
     image = torch.rand((3, args.height, args.width), generator=generator) * 255.0
     inputs = [{"image": image, "height": args.height, "width": args.width}]
-    print(f"{args.config_file}: one {args.height} x {args.width} image, "
-          f"{cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES} classes")
+    print(
+        f"{args.config_file}: one {args.height} x {args.width} image, "
+        f"{cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES} classes"
+    )
     analysis = flop_count_analysis(model, inputs)
     start = time.perf_counter()
     analysis.total()  # runs the trace

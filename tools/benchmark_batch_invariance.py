@@ -11,6 +11,7 @@ within 1e-4). Randomly initialised weights: timing does not depend on them.
 
 Usage: python tools/benchmark_batch_invariance.py [--batch 8] [--short-side 480] [--repeat 3]
 """
+
 import argparse
 import os
 import statistics
@@ -28,13 +29,23 @@ import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 # (height, width) of originals with COCO's common aspect ratios
-ORIGINALS = [(480, 640), (640, 480), (360, 640), (500, 500), (427, 640), (640, 427), (480, 640),
-             (333, 500)]
+ORIGINALS = [
+    (480, 640),
+    (640, 480),
+    (360, 640),
+    (500, 500),
+    (427, 640),
+    (640, 427),
+    (480, 640),
+    (333, 500),
+]
 
 
 def build(invariant: bool):
-    cfg = get_config(os.path.join(REPO, "configs", "ddetr_r50.yaml"), [
-        "MODEL.DEVICE", "cpu", "MODEL.DEFORMABLE_DETR.BATCH_INVARIANT_INFERENCE", str(invariant)])
+    cfg = get_config(
+        os.path.join(REPO, "configs", "ddetr_r50.yaml"),
+        ["MODEL.DEVICE", "cpu", "MODEL.DEFORMABLE_DETR.BATCH_INVARIANT_INFERENCE", str(invariant)],
+    )
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -53,8 +64,10 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
-    sizes = [detr_resized_size(h, w, args.short_side, args.short_side * 1333 // 800)
-             for h, w in (ORIGINALS * args.batch)[:args.batch]]
+    sizes = [
+        detr_resized_size(h, w, args.short_side, args.short_side * 1333 // 800)
+        for h, w in (ORIGINALS * args.batch)[: args.batch]
+    ]
     inputs = [{"image": torch.randint(0, 256, (3, h, w), generator=g).float()} for h, w in sizes]
     invariant, padded = build(True), build(False)
     padded.load_state_dict(invariant.state_dict())
@@ -70,10 +83,14 @@ def main():
     moved = max((a - b).abs().max().item() for a, b in zip(alone, padded_scores))
     t_inv, t_pad = (statistics.median(times[k]) for k in ("invariant", "padded"))
     print(f"ddetr_r50, CPU, {torch.get_num_threads()} threads, batch {args.batch}, sizes {sizes}")
-    print(f"invariant {t_inv:.2f} s, padded {t_pad:.2f} s per batch (median of {args.repeat}): "
-          f"invariant / padded = {t_inv / t_pad:.2f}")
-    print(f"padded mode: largest change of an image's top-{len(alone[0])} scores against batch 1: "
-          f"{moved:.3g}")
+    print(
+        f"invariant {t_inv:.2f} s, padded {t_pad:.2f} s per batch (median of {args.repeat}): "
+        f"invariant / padded = {t_inv / t_pad:.2f}"
+    )
+    print(
+        f"padded mode: largest change of an image's top-{len(alone[0])} scores against batch 1: "
+        f"{moved:.3g}"
+    )
 
 
 if __name__ == "__main__":

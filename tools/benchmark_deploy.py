@@ -15,6 +15,7 @@ noisy: compare the ratios, not absolute times across runs.
 Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333]
            [--paths eager compile aoti onnx torchscript] [--no-memory]
 """
+
 import argparse
 import json
 import os
@@ -68,8 +69,9 @@ def make_runner(name, model, image, folder, arena=True):
 
         options = onnxruntime.SessionOptions()
         options.enable_cpu_mem_arena = arena
-        session = onnxruntime.InferenceSession(export.onnx_bytes(model, image), options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            export.onnx_bytes(model, image), options, providers=["CPUExecutionProvider"]
+        )
         array = image.numpy()
 
         def run(_):
@@ -96,17 +98,31 @@ def peak_memory_mib(name, height, width):
 
 def measure_memory(name, height, width):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-of", name,
-                          "--height", str(height), "--width", str(width)],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-of",
+            name,
+            "--height",
+            str(height),
+            "--width",
+            str(width),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         return f"failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else '?'}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-KINDS = {"convolutions": ("conv", "mkldnn_convolution"),
-         "matrix products": ("addmm", "::mm", "bmm", "matmul", "linear", "baddbmm"),
-         "deformable attention op": ("deformable_detr::",)}
+KINDS = {
+    "convolutions": ("conv", "mkldnn_convolution"),
+    "matrix products": ("addmm", "::mm", "bmm", "matmul", "linear", "baddbmm"),
+    "deformable attention op": ("deformable_detr::",),
+}
 
 
 def torch_profile(run, image, rest):
@@ -131,8 +147,9 @@ def onnx_profile(model, image, top=5):
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as folder:
         options.profile_file_prefix = os.path.join(folder, "ort")
-        session = onnxruntime.InferenceSession(export.onnx_bytes(model, image), options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            export.onnx_bytes(model, image), options, providers=["CPUExecutionProvider"]
+        )
         session.run(list(export.ONNX_OUTPUTS), {export.ONNX_INPUT: image.numpy()})
         with open(session.end_profiling()) as f:
             events = json.load(f)
@@ -157,8 +174,11 @@ def main():
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    parser.add_argument("--no-memory", action="store_true",
-                        help="skip the peak memory (a child process per path builds it again)")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak memory (a child process per path builds it again)",
+    )
     parser.add_argument("--memory-of", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
@@ -182,17 +202,22 @@ def main():
         profiles = {}
         if "eager" in runners:
             profiles["eager profile (self CPU time)"] = torch_profile(
-                runners["eager"], image, "elementwise, copies and the rest")
+                runners["eager"], image, "elementwise, copies and the rest"
+            )
         if "compile" in runners:
             profiles["torch.compile profile (self CPU time)"] = torch_profile(
-                runners["compile"], image, "generated fused kernels and the rest")
+                runners["compile"], image, "generated fused kernels and the rest"
+            )
         if "onnx" in runners:
             profiles["ONNX Runtime profile (kernel time by operator type)"] = onnx_profile(
-                model, image)
+                model, image
+            )
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians.get("eager")
-    print(f"ddetr_r50, CPU, {torch.get_num_threads()} threads, batch 1, {args.height}x"
-          f"{args.width}, median of {args.repeat}")
+    print(
+        f"ddetr_r50, CPU, {torch.get_num_threads()} threads, batch 1, {args.height}x"
+        f"{args.width}, median of {args.repeat}"
+    )
     print(f"{'path':<12} {'s / image':>10} {'speed-up':>9} {'peak MiB':>9} {'build s':>8}")
     for name, median in medians.items():
         memory = "-" if args.no_memory else measure_memory(name, args.height, args.width)

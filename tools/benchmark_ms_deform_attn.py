@@ -11,8 +11,10 @@ memory is the growth of the resident set (/proc/self/status VmHWM after resettin
 a child process whose allocator returns every large block to the OS (MALLOC_MMAP_THRESHOLD_), so
 that each call's own peak shows; the timings run in this process, with the allocator as usual.
 
-Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] [--dtypes float32 bfloat16]
+Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] \\
+           [--dtypes float32 bfloat16]
 """
+
 import argparse
 import json
 import os
@@ -60,8 +62,14 @@ def make_inputs(batch, num_queries, dtype, device, seed=0):
     value = torch.randn(batch, S, M, D, generator=g)
     grad_out = torch.randn(batch, Lq, M * D, generator=g)
     cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-    return (cast(value), shapes.to(device), starts.to(device), cast(loc), cast(weights),
-            cast(grad_out))
+    return (
+        cast(value),
+        shapes.to(device),
+        starts.to(device),
+        cast(loc),
+        cast(weights),
+        cast(grad_out),
+    )
 
 
 def peak_extra_mb(fn):
@@ -94,9 +102,9 @@ def median_seconds(fn, repeat, warm_up=True):
 def runners(impl, inputs, backward):
     value, shapes, starts, loc, weights, grad_out = inputs
     if impl == "op":
-        call = lambda v, l, w: ms_deform_attn(v, shapes, starts, l, w)  # noqa: E731
+        call = lambda v, loc, w: ms_deform_attn(v, shapes, starts, loc, w)  # noqa: E731
     else:
-        call = lambda v, l, w: ms_deform_attn_pytorch(v, shapes, l, w)  # noqa: E731
+        call = lambda v, loc, w: ms_deform_attn_pytorch(v, shapes, loc, w)  # noqa: E731
     if not backward:
 
         def run():
@@ -135,15 +143,23 @@ def each_case(dtypes, device):
                 io = megabytes(value, loc, weights, grad_out)
                 if backward:
                     io += megabytes(value, loc, weights)
-                yield (f"{name} b{batch}", dtype_name, "fwd+bwd" if backward else "fwd",
-                       runners("op", inputs, backward), runners("ref", inputs, backward), io)
+                yield (
+                    f"{name} b{batch}",
+                    dtype_name,
+                    "fwd+bwd" if backward else "fwd",
+                    runners("op", inputs, backward),
+                    runners("ref", inputs, backward),
+                    io,
+                )
 
 
 def measure_memory(dtypes, device):
     """Peak extra MB of op and reference per case, measured in a child process (see module doc)."""
     if device.type != "cpu":
-        return {(c, d, p): (peak_extra_mb(op), peak_extra_mb(ref))
-                for c, d, p, op, ref, _ in each_case(dtypes, device)}
+        return {
+            (c, d, p): (peak_extra_mb(op), peak_extra_mb(ref))
+            for c, d, p, op, ref, _ in each_case(dtypes, device)
+        }
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, __file__, "--memory-child", "--device", str(device), "--dtypes", *dtypes]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -159,14 +175,18 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.memory_child:
-        rows = [[[c, d, p], [peak_extra_mb(op), peak_extra_mb(ref)]]
-                for c, d, p, op, ref, _ in each_case(args.dtypes, device)]
+        rows = [
+            [[c, d, p], [peak_extra_mb(op), peak_extra_mb(ref)]]
+            for c, d, p, op, ref, _ in each_case(args.dtypes, device)
+        ]
         print(json.dumps(rows))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     memory = measure_memory(args.dtypes, device)
-    header = (f"{'case':<12}{'dtype':<10}{'pass':<9}{'op ms':>9}{'ref ms':>9}{'speed-up':>10}"
-              f"{'op MB':>9}{'ref MB':>9}{'io MB':>8}")
+    header = (
+        f"{'case':<12}{'dtype':<10}{'pass':<9}{'op ms':>9}{'ref ms':>9}{'speed-up':>10}"
+        f"{'op MB':>9}{'ref MB':>9}{'io MB':>8}"
+    )
     print(header)
     print("-" * len(header))
     for case, dtype_name, pass_name, op_fn, ref_fn, io in each_case(args.dtypes, device):
@@ -174,8 +194,11 @@ def main():
         # the reference is slow enough that a warm-up changes nothing but the run time
         t_ref = median_seconds(ref_fn, args.repeat, warm_up=False)
         mem_op, mem_ref = memory[(case, dtype_name, pass_name)]
-        print(f"{case:<12}{dtype_name:<10}{pass_name:<9}{t_op * 1e3:>9.1f}{t_ref * 1e3:>9.1f}"
-              f"{t_ref / t_op:>9.1f}x{mem_op:>9.0f}{mem_ref:>9.0f}{io:>8.0f}", flush=True)
+        print(
+            f"{case:<12}{dtype_name:<10}{pass_name:<9}{t_op * 1e3:>9.1f}{t_ref * 1e3:>9.1f}"
+            f"{t_ref / t_op:>9.1f}x{mem_op:>9.0f}{mem_ref:>9.0f}{io:>8.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

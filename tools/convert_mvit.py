@@ -12,8 +12,10 @@ it.
 Usage: python tools/convert_mvit.py --input MViTv2_T_in1k.pyth \\
            --output weights/imagenet_mvitv2_t.pth
 """
+
 import os
 import sys
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 

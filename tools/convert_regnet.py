@@ -12,8 +12,10 @@ torchvision: RGB).
 Usage: python tools/convert_regnet.py --input RegNetY-4.0GF_dds_8gpu.pyth \\
            --output weights/imagenet_regnety_4gf.pth
 """
+
 import os
 import sys
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
@@ -21,8 +23,12 @@ from deformable_detr.checkpoint import PYCLS_REGNET, TORCHVISION_REGNET, run_con
 
 
 def main(argv=None):
-    run_converter([PYCLS_REGNET, TORCHVISION_REGNET], __doc__.split("\n\n")[0],
-                  "pycls' RegNet*_dds_8gpu.pyth or torchvision's regnet_*.pth", argv)
+    run_converter(
+        [PYCLS_REGNET, TORCHVISION_REGNET],
+        __doc__.split("\n\n")[0],
+        "pycls' RegNet*_dds_8gpu.pyth or torchvision's regnet_*.pth",
+        argv,
+    )
 
 
 if __name__ == "__main__":

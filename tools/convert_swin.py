@@ -13,8 +13,10 @@ build it.
 Usage: python tools/convert_swin.py --input swin_tiny_patch4_window7_224.pth \\
            --output weights/imagenet_swin_t.pth
 """
+
 import os
 import sys
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 

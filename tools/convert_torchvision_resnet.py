@@ -11,9 +11,11 @@ from the checkpoint, which is expected (they keep their initialisation and are t
 Usage: python tools/convert_torchvision_resnet.py --input resnet50-0676ba61.pth \\
            --output output/r50_torchvision.pth
 """
+
 import argparse
 import os
 import sys
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
@@ -31,8 +33,10 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     print(f"wrote: {args.output} (ResNet-{depth} backbone only)")
     extra = "" if depth == 50 else f" MODEL.RESNETS.DEPTH {depth}"
-    print(f"use: MODEL.WEIGHTS {args.output}{extra} (the rest of the model is initialised as "
-          f"configured; Detectron2 lists it as missing from the checkpoint)")
+    print(
+        f"use: MODEL.WEIGHTS {args.output}{extra} (the rest of the model is initialised as "
+        f"configured; Detectron2 lists it as missing from the checkpoint)"
+    )
 
 
 if __name__ == "__main__":

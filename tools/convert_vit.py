@@ -14,8 +14,10 @@ the config keys that build the variant.
 Usage: python tools/convert_vit.py --input mae_pretrain_vit_base.pth \\
            --output weights/imagenet_vit_b_mae.pth
 """
+
 import os
 import sys
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
@@ -23,8 +25,12 @@ from deformable_detr.checkpoint import VIT, run_converter  # noqa: E402
 
 
 def main(argv=None):
-    run_converter([VIT], __doc__.split("\n\n")[0], "MAE's mae_pretrain_vit_*.pth or DeiT's "
-                  "deit_base_patch16_224-*.pth", argv)
+    run_converter(
+        [VIT],
+        __doc__.split("\n\n")[0],
+        "MAE's mae_pretrain_vit_*.pth or DeiT's deit_base_patch16_224-*.pth",
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ JSONWriter).
 
 Usage: python tools/quickstart_summary.py output/quickstart
 """
+
 import json
 import os
 import sys
@@ -25,8 +26,10 @@ def main(output_dir):
         print(f"total_loss by iteration: {curve}")
     if evals:
         last = evals[-1]
-        print(f"COCO box AP on ddetr_shapes_val: AP {last['bbox/AP']:.1f}, "
-              f"AP50 {last['bbox/AP50']:.1f}, AP75 {last['bbox/AP75']:.1f}")
+        print(
+            f"COCO box AP on ddetr_shapes_val: AP {last['bbox/AP']:.1f}, "
+            f"AP50 {last['bbox/AP50']:.1f}, AP75 {last['bbox/AP75']:.1f}"
+        )
     else:
         print("no evaluation found in metrics.json")
     pictures = os.path.join(output_dir, "pictures")

@@ -1,6 +1,7 @@
 """COCO 2017 with DETR's augmentation, as a LazyConfig dataloader: the INPUT, DATALOADER and
 DATASETS keys of Base-DeformableDETR.yaml (each argument below is the key named in its comment),
 with the COCO evaluation of the test set."""
+
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     build_detection_test_loader,

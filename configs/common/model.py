@@ -4,6 +4,7 @@ the key named in its comment). Variants edit it (configs/ddetr_r50_*.py).
 
 Shapes: C = transformer.d_model channels; L = neck.num_feature_levels feature levels.
 """
+
 import math
 
 from detectron2.config import LazyCall as L
@@ -20,9 +21,11 @@ from deformable_detr.modeling import (
 from deformable_detr.modeling.backbones.resnet import deformable_detr_resnet
 
 # (channels, stride) of the ResNet-50 maps the neck can take (Detectron2's ResNet, strides 8-32)
-RESNET50_SHAPES = {"res3": ShapeSpec(channels=512, stride=8),
-                   "res4": ShapeSpec(channels=1024, stride=16),
-                   "res5": ShapeSpec(channels=2048, stride=32)}
+RESNET50_SHAPES = {
+    "res3": ShapeSpec(channels=512, stride=8),
+    "res4": ShapeSpec(channels=1024, stride=16),
+    "res5": ShapeSpec(channels=2048, stride=32),
+}
 
 model = L(DeformableDETR)(
     # MODEL.BACKBONE.NAME "build_deformable_detr_resnet_backbone" with MODEL.RESNETS

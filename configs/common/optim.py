@@ -1,5 +1,6 @@
 """The released optimizer, as a LazyConfig: the SOLVER keys of Base-DeformableDETR.yaml (each
 argument below is the key named in its comment). train_net.py sets `optimizer.params.model`."""
+
 from detectron2.config import LazyCall as L
 
 from deformable_detr.solver import make_optimizer, param_groups

@@ -1,6 +1,7 @@
 """The released learning-rate schedule, as a LazyConfig: 50 epochs of COCO at 32 images per
 iteration, the rate x0.1 after epoch 40, no warm-up (SOLVER.MAX_ITER is train.max_iter; each
 argument below is the key named in its comment)."""
+
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler

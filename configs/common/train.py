@@ -1,6 +1,7 @@
 """What the training loop reads, as in Detectron2's LazyConfigs (model_zoo/configs/common/
 train.py): the released run's length, checkpoints and evaluations, from Base-DeformableDETR.yaml
 and Detectron2's defaults (each value is the key named in its comment)."""
+
 train = dict(
     output_dir="./output",  # OUTPUT_DIR
     # MODEL.WEIGHTS: torchvision's ImageNet ResNet-50 (IMAGENET1K_V1), as released, in the layout

@@ -19,21 +19,35 @@ onnxruntime on the CPU, or aoti_load_package) on the sample image, compares it w
 model, prints the differences and exits with status 1 when they exceed 1e-4 in score or 1e-2 px
 in box, or the classes differ.
 """
+
 import argparse
 import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "projects", "DeformableDETR"))
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "projects",
+        "DeformableDETR",
+    ),
+)
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import DeformableDETR, get_config  # noqa: E402
 from deformable_detr.data import build_detr_augmentation  # noqa: E402
 from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
-from deformable_detr.export import (compare_detections, eager_detections, export_aoti,  # noqa: E402
-                                    export_onnx, export_torchscript, run_aoti, run_onnx,
-                                    run_torchscript)
+from deformable_detr.export import (
+    compare_detections,
+    eager_detections,
+    export_aoti,  # noqa: E402
+    export_onnx,
+    export_torchscript,
+    run_aoti,
+    run_onnx,
+    run_torchscript,
+)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -54,16 +68,26 @@ def get_parser():
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="folder for the exported file")
-    parser.add_argument("--format", choices=FORMATS, default="torchscript",
-                        help="torchscript and aoti (AOTInductor) are static: valid at the sample "
-                             "image's size only; onnx has dynamic height and width")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="torchscript",
+        help="torchscript and aoti (AOTInductor) are static: valid at the sample "
+        "image's size only; onnx has dynamic height and width",
+    )
     parser.add_argument("--export-method", choices=("tracing",), default="tracing")
-    parser.add_argument("--sample-image", metavar="FILE",
-                        help="image to trace with and to check the export on; without it, a "
-                             f"random image of {RANDOM_IMAGE_SIZE[0]}x{RANDOM_IMAGE_SIZE[1]} "
-                             "pixels resized as at test time")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    parser.add_argument(
+        "--sample-image",
+        metavar="FILE",
+        help="image to trace with and to check the export on; without it, a "
+        f"random image of {RANDOM_IMAGE_SIZE[0]}x{RANDOM_IMAGE_SIZE[1]} "
+        "pixels resized as at test time",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
+    )
     return parser
 
 
@@ -72,11 +96,15 @@ def check_exportable(cfg, fmt: str) -> None:
     if fmt not in FILE_NAMES:
         raise ValueError(f"--format must be one of {sorted(FILE_NAMES)}, got {fmt!r}")
     if cfg.MODEL.META_ARCHITECTURE != "DeformableDETR":
-        raise ValueError(f"only MODEL.META_ARCHITECTURE 'DeformableDETR' can be exported, got "
-                         f"{cfg.MODEL.META_ARCHITECTURE!r}")
+        raise ValueError(
+            f"only MODEL.META_ARCHITECTURE 'DeformableDETR' can be exported, got "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}"
+        )
     if cfg.INPUT.FORMAT != "RGB":
-        raise ValueError(f"the exported model takes RGB images: INPUT.FORMAT must be 'RGB', got "
-                         f"{cfg.INPUT.FORMAT!r}")
+        raise ValueError(
+            f"the exported model takes RGB images: INPUT.FORMAT must be 'RGB', got "
+            f"{cfg.INPUT.FORMAT!r}"
+        )
 
 
 def sample_image(cfg, path):
@@ -121,12 +149,16 @@ def main(argv=None) -> int:
         actual = run_onnx(path, image.cpu().numpy())
     logger.info(f"wrote {path}")
     diff = compare_detections(expected, actual)
-    print(f"{args.format} vs eager on {tuple(image.shape[1:])}: {diff['count'][1]} detections "
-          f"(eager {diff['count'][0]}), max score difference {diff['max_score_diff']:.3g}, max "
-          f"box difference {diff['max_box_diff']:.3g} px, classes agree: {diff['classes_agree']}")
+    print(
+        f"{args.format} vs eager on {tuple(image.shape[1:])}: {diff['count'][1]} detections "
+        f"(eager {diff['count'][0]}), max score difference {diff['max_score_diff']:.3g}, max "
+        f"box difference {diff['max_box_diff']:.3g} px, classes agree: {diff['classes_agree']}"
+    )
     if not diff["ok"]:
-        print("the export disagrees with the eager model beyond scores 1e-4 / boxes 1e-2 px",
-              file=sys.stderr)
+        print(
+            "the export disagrees with the eager model beyond scores 1e-4 / boxes 1e-2 px",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

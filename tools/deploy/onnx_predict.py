@@ -8,6 +8,7 @@ Each image is resized as the model's test resize does (shorter side --min-size, 
 most --max-size, the released rounding), run, and its boxes above --confidence-threshold are drawn
 on the original image, written to the --output folder under the image's file name.
 """
+
 import argparse
 import math
 import os
@@ -50,8 +51,12 @@ def get_parser():
     parser.add_argument("--output", required=True, help="folder for the pictures")
     parser.add_argument("--min-size", type=int, default=800, help="INPUT.MIN_SIZE_TEST")
     parser.add_argument("--max-size", type=int, default=1333, help="INPUT.MAX_SIZE_TEST")
-    parser.add_argument("--confidence-threshold", type=probability, default=0.5,
-                        help="minimum score of the boxes drawn")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=probability,
+        default=0.5,
+        help="minimum score of the boxes drawn",
+    )
     return parser
 
 
@@ -62,7 +67,8 @@ def predict(session, rgb: Image.Image, min_size: int, max_size: int):
     # bilinear on uint8, as Detectron2's ResizeTransform does at test time
     resized = np.asarray(rgb.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
     boxes, scores, classes = session.run(
-        ["boxes", "scores", "classes"], {"image": np.ascontiguousarray(resized.transpose(2, 0, 1))})
+        ["boxes", "scores", "classes"], {"image": np.ascontiguousarray(resized.transpose(2, 0, 1))}
+    )
     scale = np.array([w / new_w, h / new_h, w / new_w, h / new_h], dtype=np.float32)
     return boxes * scale, scores, classes
 
@@ -73,8 +79,9 @@ def draw(rgb: Image.Image, boxes, scores, classes, threshold: float) -> Image.Im
     for box, score, cls in zip(boxes, scores, classes):
         if score >= threshold:
             pen.rectangle([float(v) for v in box], outline=(255, 0, 0), width=2)
-            pen.text((float(box[0]) + 2, float(box[1]) + 2), f"{int(cls)} {score:.2f}",
-                     fill=(255, 0, 0))
+            pen.text(
+                (float(box[0]) + 2, float(box[1]) + 2), f"{int(cls)} {score:.2f}", fill=(255, 0, 0)
+            )
     return picture
 
 

@@ -26,14 +26,16 @@ Shape legend. Every module of the package writes shapes with these letters, one 
 Boxes are (cx, cy, w, h) normalised by the image's own size, unless a docstring says xyxy in
 pixels.
 """
+
 import warnings
 
 # detectron2 0.7 scripts a helper at import time, which torch 2.14 reports as deprecated: nothing
 # for a user to act on. Silenced while this package imports detectron2 (first, when this package
 # is imported first, as our scripts do), without touching the caller's warning filters.
 with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+    )
     from .checkpoint import install_safe_checkpoint_loading
     from .config import add_deformable_detr_config, get_config
     from .layers import (

@@ -4,6 +4,7 @@ Defaults are the released multi-scale model's (the authors' main.py defaults; RE
 backbone, input format and pixel statistics live in Detectron2's own keys and are set by
 configs/Base-DeformableDETR.yaml.
 """
+
 import os
 from typing import Optional, Sequence
 
@@ -175,11 +176,14 @@ class _MappingOnlyYaml(CN):
         with cls._open_cfg(filename) as f:
             content = yaml.safe_load(f)
         if content is None:
-            raise ValueError(f"config file {filename!r} is empty; expected a mapping of config "
-                             f"keys (KEY: value)")
+            raise ValueError(
+                f"config file {filename!r} is empty; expected a mapping of config keys (KEY: value)"
+            )
         if not isinstance(content, dict):
-            raise ValueError(f"config file {filename!r} must be a mapping of config keys "
-                             f"(KEY: value), got a YAML {type(content).__name__}")
+            raise ValueError(
+                f"config file {filename!r} must be a mapping of config keys "
+                f"(KEY: value), got a YAML {type(content).__name__}"
+            )
         return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
 
 

@@ -2,6 +2,7 @@
 and COCO evaluation, DistributedDataParallel that also works for a model on the CPU (gloo), and
 a checkpointer that refuses weights matching nothing in the model. The LazyConfig path
 (lazy_engine.py) shares the last three."""
+
 import logging
 import os
 import weakref
@@ -25,8 +26,9 @@ __all__ = ["Trainer", "WeightsCheckpointer", "coco_evaluator", "wrap_distributed
 logger = logging.getLogger(__name__)
 
 
-def wrap_distributed(model: torch.nn.Module, *, broadcast_buffers: bool = False,
-                     find_unused_parameters: bool = False) -> torch.nn.Module:
+def wrap_distributed(
+    model: torch.nn.Module, *, broadcast_buffers: bool = False, find_unused_parameters: bool = False
+) -> torch.nn.Module:
     """DistributedDataParallel (with these two of its arguments) when there are several
     processes. Named apart from Detectron2's create_ddp_model, which behaves otherwise: here a
     model on the CPU gets no device_ids (Detectron2's passes the local rank, which DDP rejects
@@ -34,9 +36,12 @@ def wrap_distributed(model: torch.nn.Module, *, broadcast_buffers: bool = False,
     if comm.get_world_size() == 1:
         return model
     on_gpu = next(model.parameters()).device.type == "cuda"
-    return DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_gpu else None,
-                                   broadcast_buffers=broadcast_buffers,
-                                   find_unused_parameters=find_unused_parameters)
+    return DistributedDataParallel(
+        model,
+        device_ids=[comm.get_local_rank()] if on_gpu else None,
+        broadcast_buffers=broadcast_buffers,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def coco_evaluator(dataset_name: str, output_dir: str) -> COCOEvaluator:
@@ -71,7 +76,8 @@ class WeightsCheckpointer(DetectionCheckpointer):
             raise ValueError(
                 f"the weights file matches none of the model's {len(expected)} parameters and "
                 f"buffers (it has {sorted(incompatible.unexpected_keys)[:5]}...); released "
-                f"Deformable DETR checkpoints need tools/convert_official_checkpoint.py first")
+                f"Deformable DETR checkpoints need tools/convert_official_checkpoint.py first"
+            )
         return incompatible
 
 
@@ -95,8 +101,7 @@ class Trainer(DefaultTrainer):
         trainer_type = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_type(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = WeightsCheckpointer(model, cfg.OUTPUT_DIR,
-                                                trainer=weakref.proxy(self))
+        self.checkpointer = WeightsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -9,6 +9,7 @@ count zero. fvcore's convention holds throughout: one fused multiply-add is one 
 Shapes: see the legend in deformable_detr/__init__.py (E / Ev: the query-key / value
 head widths of scaled dot-product attention).
 """
+
 import logging
 from math import prod
 from typing import Any, Dict, List, Tuple
@@ -36,15 +37,22 @@ _SDPA_OP = "aten::scaled_dot_product_attention"
 # Recorded in the trace but computing nothing: `.tolist()` records resolve_conj / resolve_neg,
 # flip / pad are copies, fill_ a memset. Explicitly ignored so that the list of unsupported ops
 # names only operators that do arithmetic fvcore leaves uncounted.
-_ZERO_FLOP_OPS = ("aten::resolve_conj", "aten::resolve_neg", "aten::flip", "aten::pad",
-                  "aten::fill_")
+_ZERO_FLOP_OPS = (
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::flip",
+    "aten::pad",
+    "aten::fill_",
+)
 
 
 def _shape(value, what: str) -> List[int]:
     shape = get_shape(value)
     if shape is None:
-        raise ValueError(f"the trace records no complete shape for {what}; trace with "
-                         "torch.jit.trace (fvcore's analysis), not torch.jit.script")
+        raise ValueError(
+            f"the trace records no complete shape for {what}; trace with "
+            "torch.jit.trace (fvcore's analysis), not torch.jit.script"
+        )
     return shape
 
 
@@ -89,8 +97,7 @@ def flop_count_handles() -> Dict[str, Handle]:
 
 
 def _is_detectron2_inputs(inputs) -> bool:
-    return isinstance(inputs, list) and len(inputs) > 0 and all(isinstance(x, dict)
-                                                                for x in inputs)
+    return isinstance(inputs, list) and len(inputs) > 0 and all(isinstance(x, dict) for x in inputs)
 
 
 def flop_count_analysis(model: nn.Module, inputs) -> fvcore.nn.FlopCountAnalysis:
@@ -132,8 +139,11 @@ def flops_by_module(analysis: fvcore.nn.FlopCountAnalysis) -> Dict[str, int]:
     if not isinstance(analysis, Detectron2FlopCountAnalysis):
         return dict(by_module)
     # strip the TracingAdapter root: "model" -> "", "model.backbone" -> "backbone"
-    return {name[len("model."):] if name.startswith("model.") else "": flops
-            for name, flops in by_module.items() if name.startswith("model")}
+    return {
+        name[len("model.") :] if name.startswith("model.") else "": flops
+        for name, flops in by_module.items()
+        if name.startswith("model")
+    }
 
 
 def count_flops(model: nn.Module, inputs) -> Tuple[int, Dict[str, int]]:
@@ -150,6 +160,8 @@ def count_flops(model: nn.Module, inputs) -> Tuple[int, Dict[str, int]]:
     by_module = flops_by_module(analysis)
     unsupported = analysis.unsupported_ops()
     if unsupported:
-        logger.warning("operators without a FLOP handle, counted as zero: %s",
-                       ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items())))
+        logger.warning(
+            "operators without a FLOP handle, counted as zero: %s",
+            ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items())),
+        )
     return by_module[""], by_module

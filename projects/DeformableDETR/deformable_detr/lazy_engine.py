@@ -13,6 +13,7 @@ A LazyConfig for train_net.py defines, at its top level (Detectron2's layout; co
 Overrides are Hydra's key=value, as for Detectron2's LazyConfig tools; a key the config does
 not have is refused unless written +key=value (Hydra's addition).
 """
+
 import logging
 import os
 from typing import Dict, List, Sequence, Tuple
@@ -33,10 +34,23 @@ __all__ = ["dataset_names", "do_test", "do_train", "evaluate", "load_lazy_config
 logger = logging.getLogger(__name__)
 
 # what train_net.py reads from a LazyConfig
-REQUIRED_KEYS = ("model", "dataloader.train", "dataloader.test", "dataloader.evaluator",
-                 "optimizer", "lr_multiplier", "train.output_dir", "train.init_checkpoint",
-                 "train.max_iter", "train.amp.enabled", "train.ddp", "train.checkpointer",
-                 "train.eval_period", "train.log_period", "train.device")
+REQUIRED_KEYS = (
+    "model",
+    "dataloader.train",
+    "dataloader.test",
+    "dataloader.evaluator",
+    "optimizer",
+    "lr_multiplier",
+    "train.output_dir",
+    "train.init_checkpoint",
+    "train.max_iter",
+    "train.amp.enabled",
+    "train.ddp",
+    "train.checkpointer",
+    "train.eval_period",
+    "train.log_period",
+    "train.device",
+)
 _ABSENT = object()
 
 
@@ -50,8 +64,10 @@ def _check_overrides(cfg: DictConfig, overrides: Sequence[str], path: str) -> No
     parser = OverridesParser.create()
     for line in overrides:
         if "=" not in line:
-            raise ValueError(f"overrides of a LazyConfig (.py) are key=value, e.g. "
-                             f"train.max_iter=100; got {line!r}")
+            raise ValueError(
+                f"overrides of a LazyConfig (.py) are key=value, e.g. "
+                f"train.max_iter=100; got {line!r}"
+            )
         (override,) = parser.parse_overrides([line])
         key = override.key_or_group
         if override.is_add() or _has(cfg, key):
@@ -62,8 +78,10 @@ def _check_overrides(cfg: DictConfig, overrides: Sequence[str], path: str) -> No
             parent = parent.rpartition(".")[0]
         node = OmegaConf.select(cfg, parent) if parent else cfg
         known = sorted(node.keys()) if OmegaConf.is_dict(node) else []
-        raise ValueError(f"override {line!r}: {key!r} is not a key of {path!r} "
-                         f"({parent or 'its top level'} has {known}); +{key}=... adds a new key")
+        raise ValueError(
+            f"override {line!r}: {key!r} is not a key of {path!r} "
+            f"({parent or 'its top level'} has {known}); +{key}=... adds a new key"
+        )
 
 
 def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -77,8 +95,10 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
     missing = [key for key in REQUIRED_KEYS if not _has(cfg, key)]
     if missing:
-        raise ValueError(f"LazyConfig {path!r} lacks {missing}; train_net.py needs "
-                         f"{list(REQUIRED_KEYS)} (see configs/common/)")
+        raise ValueError(
+            f"LazyConfig {path!r} lacks {missing}; train_net.py needs "
+            f"{list(REQUIRED_KEYS)} (see configs/common/)"
+        )
     check_lazy_solver(cfg)
     return cfg
 
@@ -98,8 +118,9 @@ def do_test(cfg: DictConfig, model) -> Dict:
     """COCO evaluation of the model on dataloader.test, after the check of its json (once per
     file version). Returns the evaluator's results: {"bbox": {"AP": ...}}."""
     check_coco_datasets(dataset_names(cfg)[1], require_annotations=False)
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test),
-                                   instantiate(cfg.dataloader.evaluator))
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -111,7 +132,8 @@ def evaluate(cfg: DictConfig, resume: bool) -> Dict:
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     WeightsCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
-        cfg.train.init_checkpoint, resume=resume)
+        cfg.train.init_checkpoint, resume=resume
+    )
     return do_test(cfg, model)
 
 
@@ -130,18 +152,25 @@ def do_train(cfg: DictConfig, resume: bool) -> None:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = wrap_distributed(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader,
-                                                                       optimizer)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
+        model, train_loader, optimizer
+    )
     checkpointer = WeightsCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
-    trainer.register_hooks([
-        hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                             period=cfg.train.log_period) if main else None,
-    ])
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if main
+            else None,
+        ]
+    )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # a checkpoint holds the iteration it finished
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0

@@ -4,6 +4,7 @@ model's gradient norm, built from the SOLVER keys (build_optimizer) or from plai
 (make_optimizer over param_groups, as a LazyConfig does); and the checks of the solver values a
 training run reads, in either kind of config.
 """
+
 import math
 from typing import Any, Dict, List, Tuple, Type
 
@@ -12,8 +13,13 @@ from detectron2.config import CfgNode
 from detectron2.solver.build import maybe_add_gradient_clipping
 from omegaconf import OmegaConf
 
-__all__ = ["build_optimizer", "check_lazy_solver", "check_solver_config", "make_optimizer",
-           "param_groups"]
+__all__ = [
+    "build_optimizer",
+    "check_lazy_solver",
+    "check_solver_config",
+    "make_optimizer",
+    "param_groups",
+]
 
 OPTIMIZERS = {"ADAMW": torch.optim.AdamW, "SGD": torch.optim.SGD}
 CLIP_TYPES = ("full_model", "value", "norm")  # Detectron2's "value" and "norm", and ours
@@ -37,18 +43,26 @@ def _check_int(key: str, value, minimum: int) -> None:
 
 
 def _check_rate(key: str, value, *, zero_ok: bool) -> None:
-    _require(_is_number(value) and math.isfinite(value) and (value > 0 or zero_ok and value == 0),
-             key, f"a finite number {'>=' if zero_ok else '>'} 0", value)
+    _require(
+        _is_number(value) and math.isfinite(value) and (value > 0 or zero_ok and value == 0),
+        key,
+        f"a finite number {'>=' if zero_ok else '>'} 0",
+        value,
+    )
 
 
 def _check_steps(key: str, steps, max_iter_key: str, max_iter: int, beyond_ok: bool) -> None:
     """Increasing positive iterations; fvcore refuses a step at max_iter, and (without
     beyond_ok) beyond it."""
     values = list(steps)
-    ok = all(_is_int(x) and x > 0 and x != max_iter and (beyond_ok or x < max_iter)
-             for x in values) and all(a < b for a, b in zip(values, values[1:]))
-    where = (f"other than {max_iter_key} ({max_iter}); those beyond it are ignored" if beyond_ok
-             else f"below {max_iter_key} ({max_iter}): shorten them with the run")
+    ok = all(
+        _is_int(x) and x > 0 and x != max_iter and (beyond_ok or x < max_iter) for x in values
+    ) and all(a < b for a, b in zip(values, values[1:]))
+    where = (
+        f"other than {max_iter_key} ({max_iter}); those beyond it are ignored"
+        if beyond_ok
+        else f"below {max_iter_key} ({max_iter}): shorten them with the run"
+    )
     _require(ok, key, f"increasing integers > 0 {where}", steps)
 
 
@@ -60,8 +74,12 @@ def _check_clipping(keys: Tuple[str, str, str], clip_type, clip_value, norm_type
     """keys: the names of (clip type, clip value, norm type) in errors."""
     _require(clip_type in CLIP_TYPES, keys[0], f"one of {list(CLIP_TYPES)}", clip_type)
     _check_rate(keys[1], clip_value, zero_ok=False)
-    _require(_is_number(norm_type) and norm_type > 0, keys[2],
-             "a number > 0 (inf: the largest absolute gradient)", norm_type)
+    _require(
+        _is_number(norm_type) and norm_type > 0,
+        keys[2],
+        "a number > 0 (inf: the largest absolute gradient)",
+        norm_type,
+    )
 
 
 def check_solver_config(cfg) -> None:
@@ -70,8 +88,12 @@ def check_solver_config(cfg) -> None:
     negative or nan learning rate). Detectron2 already names a wrong LR_SCHEDULER_NAME or
     WARMUP_METHOD, and IMS_PER_BATCH not divisible by the number of processes."""
     s = cfg.SOLVER
-    for key, minimum in (("MAX_ITER", 1), ("IMS_PER_BATCH", 1), ("CHECKPOINT_PERIOD", 1),
-                         ("WARMUP_ITERS", 0)):
+    for key, minimum in (
+        ("MAX_ITER", 1),
+        ("IMS_PER_BATCH", 1),
+        ("CHECKPOINT_PERIOD", 1),
+        ("WARMUP_ITERS", 0),
+    ):
         _check_int(f"SOLVER.{key}", s[key], minimum)
     _check_rate("SOLVER.BASE_LR", s.BASE_LR, zero_ok=False)
     for key in ("BACKBONE_MULTIPLIER", "LINEAR_PROJ_MULTIPLIER"):
@@ -82,17 +104,28 @@ def check_solver_config(cfg) -> None:
     _check_optimizer("SOLVER.OPTIMIZER", s.OPTIMIZER)
     clip = s.CLIP_GRADIENTS
     if clip.ENABLED:
-        _check_clipping(("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
-                         "SOLVER.CLIP_GRADIENTS.NORM_TYPE"),
-                        clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE)
+        _check_clipping(
+            (
+                "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+                "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+                "SOLVER.CLIP_GRADIENTS.NORM_TYPE",
+            ),
+            clip.CLIP_TYPE,
+            clip.CLIP_VALUE,
+            clip.NORM_TYPE,
+        )
 
 
 _ABSENT = object()
 
 
 def _check_fraction(key: str, value) -> None:
-    _require(_is_number(value) and 0 <= value <= 1, key,
-             "a number in [0, 1] (a fraction of train.max_iter)", value)
+    _require(
+        _is_number(value) and 0 <= value <= 1,
+        key,
+        "a number in [0, 1] (a fraction of train.max_iter)",
+        value,
+    )
 
 
 def check_lazy_solver(cfg) -> None:
@@ -108,11 +141,15 @@ def check_lazy_solver(cfg) -> None:
         ("dataloader.train.total_batch_size", lambda key, v: _check_int(key, v, 1)),
         ("optimizer.lr", lambda key, v: _check_rate(key, v, zero_ok=False)),
         ("optimizer.params.backbone_multiplier", lambda key, v: _check_rate(key, v, zero_ok=True)),
-        ("optimizer.params.linear_proj_multiplier",
-         lambda key, v: _check_rate(key, v, zero_ok=True)),
+        (
+            "optimizer.params.linear_proj_multiplier",
+            lambda key, v: _check_rate(key, v, zero_ok=True),
+        ),
         ("lr_multiplier.warmup_length", _check_fraction),
-        ("lr_multiplier.scheduler.milestones",
-         lambda key, v: _check_steps(key, v, "train.max_iter", max_iter, beyond_ok=False)),
+        (
+            "lr_multiplier.scheduler.milestones",
+            lambda key, v: _check_steps(key, v, "train.max_iter", max_iter, beyond_ok=False),
+        ),
         ("optimizer.name", _check_optimizer),
     )
     for key, check in checks:
@@ -124,8 +161,13 @@ def check_lazy_solver(cfg) -> None:
         _check_clipping(keys, *(OmegaConf.select(cfg, key) for key in keys))
 
 
-def param_groups(model: torch.nn.Module, base_lr: float, backbone_multiplier: float,
-                 linear_proj_multiplier: float, linear_proj_names) -> List[Dict[str, Any]]:
+def param_groups(
+    model: torch.nn.Module,
+    base_lr: float,
+    backbone_multiplier: float,
+    linear_proj_multiplier: float,
+    linear_proj_names,
+) -> List[Dict[str, Any]]:
     """Trainable parameters in three groups: the backbone's ("backbone." names), the sampling
     location predictors' (names containing one of linear_proj_names), and the rest. Parameters
     shared by several modules (the heads without refinement) appear once."""
@@ -139,13 +181,17 @@ def param_groups(model: torch.nn.Module, base_lr: float, backbone_multiplier: fl
             groups["linear_proj"].append(p)
         else:
             groups["base"].append(p)
-    lrs = {"base": base_lr, "backbone": base_lr * backbone_multiplier,
-           "linear_proj": base_lr * linear_proj_multiplier}
+    lrs = {
+        "base": base_lr,
+        "backbone": base_lr * backbone_multiplier,
+        "linear_proj": base_lr * linear_proj_multiplier,
+    }
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
-def _with_full_model_clipping(optimizer_type: Type[torch.optim.Optimizer], max_norm: float,
-                              norm_type: float) -> Type[torch.optim.Optimizer]:
+def _with_full_model_clipping(
+    optimizer_type: Type[torch.optim.Optimizer], max_norm: float, norm_type: float
+) -> Type[torch.optim.Optimizer]:
     """optimizer_type whose step first clips the norm of all its gradients together."""
 
     class FullModelGradientClipping(optimizer_type):
@@ -158,9 +204,18 @@ def _with_full_model_clipping(optimizer_type: Type[torch.optim.Optimizer], max_n
     return FullModelGradientClipping
 
 
-def make_optimizer(params, *, name: str, lr: float, weight_decay: float, momentum: float,
-                   clip_enabled: bool, clip_type: str, clip_value: float,
-                   norm_type: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    params,
+    *,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    clip_enabled: bool,
+    clip_type: str,
+    clip_value: float,
+    norm_type: float,
+) -> torch.optim.Optimizer:
     """The optimizer `name` (a key of OPTIMIZERS) over params (e.g. param_groups(...)), clipping
     the gradients when clip_enabled: "full_model" clips the norm of all of them together before
     each step, "value" and "norm" are Detectron2's per-parameter clipping. Each argument is the
@@ -173,10 +228,15 @@ def make_optimizer(params, *, name: str, lr: float, weight_decay: float, momentu
     if clip_enabled and clip_type == "full_model":
         optimizer_type = _with_full_model_clipping(optimizer_type, clip_value, norm_type)
     elif clip_enabled:
-        clip = {"ENABLED": True, "CLIP_TYPE": clip_type, "CLIP_VALUE": clip_value,
-                "NORM_TYPE": norm_type}
+        clip = {
+            "ENABLED": True,
+            "CLIP_TYPE": clip_type,
+            "CLIP_VALUE": clip_value,
+            "NORM_TYPE": norm_type,
+        }
         optimizer_type = maybe_add_gradient_clipping(
-            CfgNode({"SOLVER": {"CLIP_GRADIENTS": clip}}), optimizer_type)
+            CfgNode({"SOLVER": {"CLIP_GRADIENTS": clip}}), optimizer_type
+        )
     return optimizer_type(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
@@ -187,9 +247,17 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     check_solver_config(cfg)
     s = cfg.SOLVER
     clip = s.CLIP_GRADIENTS
-    groups = param_groups(model, s.BASE_LR, s.BACKBONE_MULTIPLIER, s.LINEAR_PROJ_MULTIPLIER,
-                          s.LINEAR_PROJ_NAMES)
-    return make_optimizer(groups, name=s.OPTIMIZER, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY,
-                          momentum=s.MOMENTUM, clip_enabled=clip.ENABLED,
-                          clip_type=clip.CLIP_TYPE, clip_value=clip.CLIP_VALUE,
-                          norm_type=clip.NORM_TYPE)
+    groups = param_groups(
+        model, s.BASE_LR, s.BACKBONE_MULTIPLIER, s.LINEAR_PROJ_MULTIPLIER, s.LINEAR_PROJ_NAMES
+    )
+    return make_optimizer(
+        groups,
+        name=s.OPTIMIZER,
+        lr=s.BASE_LR,
+        weight_decay=s.WEIGHT_DECAY,
+        momentum=s.MOMENTUM,
+        clip_enabled=clip.ENABLED,
+        clip_type=clip.CLIP_TYPE,
+        clip_value=clip.CLIP_VALUE,
+        norm_type=clip.NORM_TYPE,
+    )

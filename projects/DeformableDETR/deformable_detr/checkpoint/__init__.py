@@ -7,6 +7,7 @@ DetectionCheckpointer (detectron2_loading.py).
 Command-line front ends: tools/convert_official_checkpoint.py, tools/convert_torchvision_resnet.py,
 tools/convert_{swin,mvit,vit,regnet}.py.
 """
+
 from .detectron2_loading import install_safe_checkpoint_loading, load_detectron2_checkpoint
 from .files import (
     check_layout,

@@ -6,6 +6,7 @@ what it read. load_detectron2_checkpoint reads the file safely, then converts it
 Detectron2 does: model-zoo .pkl as they are, Caffe2 "blobs" and flat .pkl dicts with name-matching
 heuristics, pycls .pyth "model_state", and any other file as a checkpoint or a bare state dict.
 """
+
 from typing import Any, Dict, Mapping
 from urllib.parse import parse_qs
 
@@ -23,8 +24,9 @@ def _from_pkl(checkpointer, filename: str, data: Mapping) -> Dict[str, Any]:
     # Caffe2 / Detectron model zoo: detection models keep their weights under "blobs"
     blobs = data.get("blobs", data)
     if not isinstance(blobs, Mapping):
-        raise ValueError(f"{filename}: 'blobs' must be a dict of arrays, found a "
-                         f"{type(blobs).__name__}")
+        raise ValueError(
+            f"{filename}: 'blobs' must be a dict of arrays, found a {type(blobs).__name__}"
+        )
     weights = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
     return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
 
@@ -32,10 +34,13 @@ def _from_pkl(checkpointer, filename: str, data: Mapping) -> Dict[str, Any]:
 def _from_pyth(filename: str, data: Mapping) -> Dict[str, Any]:
     # pycls's checkpoints, the only ones known to use the .pyth extension
     if not isinstance(data.get("model_state"), Mapping):
-        raise ValueError(f"{filename}: a .pyth file must be a pycls checkpoint with a "
-                         f"'model_state' dict; found keys {[str(k) for k in list(data)[:8]]}")
-    weights = {k: v for k, v in data["model_state"].items()
-               if not str(k).endswith("num_batches_tracked")}
+        raise ValueError(
+            f"{filename}: a .pyth file must be a pycls checkpoint with a "
+            f"'model_state' dict; found keys {[str(k) for k in list(data)[:8]]}"
+        )
+    weights = {
+        k: v for k, v in data["model_state"].items() if not str(k).endswith("num_batches_tracked")
+    }
     return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
 
 
@@ -47,13 +52,16 @@ def _from_torch_file(checkpointer, filename: str, data: Mapping) -> Dict[str, An
     if queries.pop("matching_heuristics", "False") == ["True"]:
         checkpoint["matching_heuristics"] = True
     if queries:
-        raise ValueError(f"{filename}: unsupported query {queries} in the weights path "
-                         f"{parsed_url.geturl()!r}; only matching_heuristics=True is known")
+        raise ValueError(
+            f"{filename}: unsupported query {queries} in the weights path "
+            f"{parsed_url.geturl()!r}; only matching_heuristics=True is known"
+        )
     return checkpoint
 
 
-def load_detectron2_checkpoint(checkpointer: DetectionCheckpointer,
-                               filename: str) -> Dict[str, Any]:
+def load_detectron2_checkpoint(
+    checkpointer: DetectionCheckpointer, filename: str
+) -> Dict[str, Any]:
     """What DetectionCheckpointer._load_file returns ({"model": weights, ...}), with the file
     read by load_weights_file: no code in it runs. Raises ValueError naming the file when it is
     refused, is not a checkpoint, or its "model" entry is not a dict of weights."""
@@ -65,8 +73,10 @@ def load_detectron2_checkpoint(checkpointer: DetectionCheckpointer,
     else:
         checkpoint = _from_torch_file(checkpointer, filename, data)
     if not isinstance(checkpoint["model"], Mapping):
-        raise ValueError(f"{filename}: 'model' must be a dict of tensors or arrays, found a "
-                         f"{type(checkpoint['model']).__name__}")
+        raise ValueError(
+            f"{filename}: 'model' must be a dict of tensors or arrays, found a "
+            f"{type(checkpoint['model']).__name__}"
+        )
     return checkpoint
 
 

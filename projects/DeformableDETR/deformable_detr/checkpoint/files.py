@@ -5,6 +5,7 @@ against the layout it should have.
 Legend: a state dict maps parameter/buffer names to tensors (or numpy arrays in .pkl files); a
 layout maps the same names to the shapes (tuples of ints) the tensors must have.
 """
+
 import os
 import pickle
 import re
@@ -51,7 +52,8 @@ def _check_zip_checksums(path: str) -> None:
     if damaged is not None:
         raise ValueError(
             f"{path} is damaged: its member {damaged!r} does not match its CRC-32 checksum (the "
-            f"file was altered or corrupted after it was written); refusing to load it")
+            f"file was altered or corrupted after it was written); refusing to load it"
+        )
 
 
 def load_torch_file(path: str, allowed_globals: Sequence[type] = ()):
@@ -70,15 +72,17 @@ def load_torch_file(path: str, allowed_globals: Sequence[type] = ()):
     except pickle.UnpicklingError as e:
         message = str(e)
         if "Weights only load failed" not in message:
-            raise ValueError(f"{path} is not a PyTorch checkpoint file ({message}; "
-                             f"{_first_bytes(path)})") from e
+            raise ValueError(
+                f"{path} is not a PyTorch checkpoint file ({message}; {_first_bytes(path)})"
+            ) from e
         # torch's own message suggests weights_only=False: quote only the line saying what stopped
         # the weights-only unpickler
         found = re.search(r"(?:Unsupported|Trying to)[^\n]*", message)
         detail = found.group(0).strip() if found else message.strip().splitlines()[-1]
         if "GLOBAL" not in message and "reduce" not in message:
-            raise ValueError(f"{path} is not a PyTorch checkpoint file ({detail}; "
-                             f"{_first_bytes(path)})") from None
+            raise ValueError(
+                f"{path} is not a PyTorch checkpoint file ({detail}; {_first_bytes(path)})"
+            ) from None
         allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in allowed_globals)
         raise ValueError(
             f"{path}: refused: the file holds an object that torch.load(weights_only=True) does "
@@ -89,8 +93,10 @@ def load_torch_file(path: str, allowed_globals: Sequence[type] = ()):
     except OSError:
         raise
     except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... on other files
-        raise ValueError(f"{path} is not a PyTorch checkpoint file ({type(e).__name__}: {e}; "
-                         f"{_first_bytes(path)})") from e
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint file ({type(e).__name__}: {e}; "
+            f"{_first_bytes(path)})"
+        ) from e
 
 
 def read_weights_file(path: str, allowed_globals: Sequence[type] = ()) -> Any:
@@ -113,12 +119,14 @@ def read_weights_file(path: str, allowed_globals: Sequence[type] = ()) -> Any:
         raise ValueError(
             f"{path}: refused to unpickle {e}: a .pkl weights file may hold only dicts, lists, "
             f"tuples, strings, bytes, numbers and numpy arrays; anything else could run "
-            f"arbitrary code, so nothing in the file was run") from None
+            f"arbitrary code, so nothing in the file was run"
+        ) from None
     except OSError:
         raise
     except Exception as e:  # pickle raises UnpicklingError, EOFError, KeyError, ValueError...
-        raise ValueError(f"{path} is not a pickle file ({type(e).__name__}: {e}; "
-                         f"{_first_bytes(path)})") from None
+        raise ValueError(
+            f"{path} is not a pickle file ({type(e).__name__}: {e}; {_first_bytes(path)})"
+        ) from None
 
 
 def _holds_weights(value) -> bool:
@@ -144,25 +152,31 @@ def load_weights_file(path: str) -> Mapping:
     """
     loaded = read_weights_file(path)
     if not _holds_weights(loaded):
-        raise ValueError(f"{path} is not a checkpoint: expected a dict of tensors or numpy "
-                         f"arrays (possibly under 'model'), found {_found(loaded)}")
+        raise ValueError(
+            f"{path} is not a checkpoint: expected a dict of tensors or numpy "
+            f"arrays (possibly under 'model'), found {_found(loaded)}"
+        )
     return loaded
 
 
-def save_detectron2_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor],
-                               author: str) -> None:
+def save_detectron2_checkpoint(
+    path: str, state_dict: Mapping[str, torch.Tensor], author: str
+) -> None:
     """Writes {"model": state_dict, "__author__": author, "matching_heuristics": False}, the
     layout of Detectron2's checkpoints: DetectionCheckpointer (MODEL.WEIGHTS) then loads every
     name as it is, without its name-matching heuristics."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    torch.save({"model": dict(state_dict), "__author__": author, "matching_heuristics": False},
-               path)
+    torch.save(
+        {"model": dict(state_dict), "__author__": author, "matching_heuristics": False}, path
+    )
 
 
-def convert_weights_file(input_path: str, output_path: str,
-                         convert: Callable[[Any], Tuple[Mapping[str, torch.Tensor], str, Any]]
-                         ) -> Any:
+def convert_weights_file(
+    input_path: str,
+    output_path: str,
+    convert: Callable[[Any], Tuple[Mapping[str, torch.Tensor], str, Any]],
+) -> Any:
     """The file-to-file step of every converter: reads `input_path` with read_weights_file,
     calls `convert` on what it holds, which returns (state dict, author, result), writes the state
     dict with save_detectron2_checkpoint and returns the result. A ValueError of `convert` is
@@ -195,8 +209,12 @@ def check_layout(state_dict: Mapping, expected: Layout, what: str) -> None:
     ]
     problems = [
         _listing(kind, items)
-        for kind, items in (("missing key(s)", missing), ("unknown key(s)", unknown),
-                            ("wrong shape(s)", wrong), ("value(s) not tensors", not_tensors))
+        for kind, items in (
+            ("missing key(s)", missing),
+            ("unknown key(s)", unknown),
+            ("wrong shape(s)", wrong),
+            ("value(s) not tensors", not_tensors),
+        )
         if items
     ]
     if problems:

@@ -23,6 +23,7 @@ Detectron2's scale2_norm, scale3_norm, scale4_norm have no counterpart: they kee
 initialisation (weight 1, bias 0). Detectron2 interpolates the relative positions to the input
 size, as the detection configs of Detectron2's MViTv2 project do with these files.
 """
+
 import re
 from functools import lru_cache
 from typing import NamedTuple, Tuple
@@ -52,8 +53,10 @@ def mvit_to_detectron2_name(name: str) -> str:
 def mvit_layout(params: MViTParams) -> Layout:
     """Names and shapes of an official MViTv2 checkpoint without its dropped names."""
     width, heads = params.embed_dim, params.num_heads
-    layout: Layout = {"patch_embed.proj.weight": (width, 3, 7, 7),
-                      "patch_embed.proj.bias": (width,)}
+    layout: Layout = {
+        "patch_embed.proj.weight": (width, 3, 7, 7),
+        "patch_embed.proj.bias": (width,),
+    }
     side, kv_stride = params.image_size // 4, 4
     for i in range(params.depth):
         q_stride = 2 if i - 1 in params.last_block_indexes else 1
@@ -68,8 +71,10 @@ def mvit_layout(params: MViTParams) -> Layout:
             layout[f"{block}.attn.pool_{x}.weight"] = (head_width, 1, 3, 3)
             add_layer_norm(layout, f"{block}.attn.norm_{x}", head_width)
         rel_pos = 2 * max(side // q_stride, side // kv_stride) - 1
-        layout[f"{block}.attn.rel_pos_h"] = layout[f"{block}.attn.rel_pos_w"] = (rel_pos,
-                                                                                 head_width)
+        layout[f"{block}.attn.rel_pos_h"] = layout[f"{block}.attn.rel_pos_w"] = (
+            rel_pos,
+            head_width,
+        )
         add_layer_norm(layout, f"{block}.norm2", width)
         add_linear(layout, f"{block}.mlp.fc1", width, 4 * width)
         add_linear(layout, f"{block}.mlp.fc2", 4 * width, width)
@@ -81,10 +86,18 @@ def mvit_layout(params: MViTParams) -> Layout:
 
 
 def _variant(name, depth, last_block_indexes):
-    opts = ("MODEL.BACKBONE.NAME", "build_deformable_detr_mvit_backbone",
-            "MODEL.MVIT.EMBED_DIM", "96", "MODEL.MVIT.NUM_HEADS", "1",
-            "MODEL.MVIT.DEPTH", str(depth),
-            "MODEL.MVIT.LAST_BLOCK_INDEXES", str(list(last_block_indexes)).replace(" ", ""))
+    opts = (
+        "MODEL.BACKBONE.NAME",
+        "build_deformable_detr_mvit_backbone",
+        "MODEL.MVIT.EMBED_DIM",
+        "96",
+        "MODEL.MVIT.NUM_HEADS",
+        "1",
+        "MODEL.MVIT.DEPTH",
+        str(depth),
+        "MODEL.MVIT.LAST_BLOCK_INDEXES",
+        str(list(last_block_indexes)).replace(" ", ""),
+    )
     return BackboneVariant(name, MViTParams(96, 1, depth, last_block_indexes), opts)
 
 
@@ -100,6 +113,6 @@ MVIT = BackboneFamily(
         "mvitv2_b": _variant("MViTv2-B (MViTv2_B_in1k, MViTv2_B_in21k)", 24, (1, 4, 20, 23)),
     },
     not_in_file="backbone.scale2_norm.*, scale3_norm.*, scale4_norm.* (the norms of the outputs "
-                "before the last: weight 1, bias 0); scale5_norm is the file's final norm",
+    "before the last: weight 1, bias 0); scale5_norm is the file's final norm",
     author="facebookresearch/mvit",
 )

@@ -15,6 +15,7 @@ The released file is a dict: "model" (the state dict), "optimizer", "lr_schedule
   *.total_ops, *.total_params (thop's profiling counters, if any)  -> dropped
   everything else                    -> the same name
 """
+
 import argparse
 import re
 from collections import OrderedDict
@@ -55,14 +56,19 @@ def load_official_checkpoint(path: str) -> dict:
     object."""
     checkpoint = read_weights_file(path, allowed_globals=(argparse.Namespace,))
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} is not a released Deformable DETR checkpoint: expected a dict "
-                         f"with 'model', got {type(checkpoint).__name__}")
+        raise ValueError(
+            f"{path} is not a released Deformable DETR checkpoint: expected a dict "
+            f"with 'model', got {type(checkpoint).__name__}"
+        )
     if "model" not in checkpoint:
-        raise ValueError(f"{path} is not a released Deformable DETR checkpoint: it has no 'model' "
-                         f"entry (entries: {[str(k) for k in list(checkpoint)[:8]]})")
+        raise ValueError(
+            f"{path} is not a released Deformable DETR checkpoint: it has no 'model' "
+            f"entry (entries: {[str(k) for k in list(checkpoint)[:8]]})"
+        )
     if not isinstance(checkpoint["model"], Mapping):
-        raise ValueError(f"{path}: 'model' must be a state dict, got "
-                         f"{type(checkpoint['model']).__name__}")
+        raise ValueError(
+            f"{path}: 'model' must be a state dict, got {type(checkpoint['model']).__name__}"
+        )
     return checkpoint
 
 
@@ -78,7 +84,7 @@ def official_to_detectron2_name(name: str) -> Optional[str]:
     if name.startswith(ALIAS_PREFIXES):
         return None
     if name.startswith(BACKBONE_PREFIX):
-        return "backbone." + torchvision_to_detectron2_name(name[len(BACKBONE_PREFIX):])
+        return "backbone." + torchvision_to_detectron2_name(name[len(BACKBONE_PREFIX) :])
     if name.startswith("input_proj."):
         return "neck." + name
     return name
@@ -89,15 +95,17 @@ def _check_copies(state_dict: Mapping[str, torch.Tensor], variant: Variant) -> N
     their heads, and shared heads (no box refinement) are equal under every index."""
     for name, value in state_dict.items():
         if name.startswith(ALIAS_PREFIXES):
-            source = name[len("transformer.decoder."):]
+            source = name[len("transformer.decoder.") :]
         elif not variant.with_box_refine and name.startswith(("class_embed.", "bbox_embed.")):
             head, _, rest = name.split(".", 2)
             source = f"{head}.0.{rest}"
         else:
             continue
         if not torch.equal(value, state_dict[source]):
-            raise ValueError(f"{name} differs from {source}; the released model stores the same "
-                             f"module under both names, so they must be equal")
+            raise ValueError(
+                f"{name} differs from {source}; the released model stores the same "
+                f"module under both names, so they must be equal"
+            )
 
 
 def _class_rows(name: str, value: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -112,17 +120,21 @@ def _class_rows(name: str, value: torch.Tensor, ids: torch.Tensor) -> torch.Tens
     return value[: len(ids)].clone()
 
 
-def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], variant: Variant,
-                                category_ids: Optional[Sequence[int]] = None
-                                ) -> Dict[str, torch.Tensor]:
+def convert_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    variant: Variant,
+    category_ids: Optional[Sequence[int]] = None,
+) -> Dict[str, torch.Tensor]:
     """Released state dict of `variant` -> state dict of this project's model (its config:
     variant.config). `category_ids[j]` is the released class row of our class j (default: COCO,
     coco_category_ids()). thop's profiling counters (*.total_ops, *.total_params) are dropped.
     Raises ValueError for a missing, unknown or misshapen key, or copies that differ."""
-    state_dict = {k: v for k, v in state_dict.items()
-                  if not (isinstance(k, str) and k.rpartition(".")[2] in _PROFILER_COUNTERS)}
-    check_layout(state_dict, released_layout(variant),
-                 f"the released {variant.name} state dict")
+    state_dict = {
+        k: v
+        for k, v in state_dict.items()
+        if not (isinstance(k, str) and k.rpartition(".")[2] in _PROFILER_COUNTERS)
+    }
+    check_layout(state_dict, released_layout(variant), f"the released {variant.name} state dict")
     _check_copies(state_dict, variant)
     ids = list(coco_category_ids() if category_ids is None else category_ids)
     if not ids or not all(isinstance(i, int) and 0 <= i < CLASS_ROWS for i in ids):
@@ -136,8 +148,9 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], variant:
     return converted
 
 
-def convert_official_checkpoint(input_path: str, output_path: str,
-                                variant: Optional[str] = None) -> Variant:
+def convert_official_checkpoint(
+    input_path: str, output_path: str, variant: Optional[str] = None
+) -> Variant:
     """Reads a released checkpoint, detects its variant (see detect_variant; `variant` is the
     user's choice, needed for a single-scale file without args), converts its "model" and writes
     a Detectron2 checkpoint to `output_path` (optimizer, lr_scheduler, epoch and args dropped).
@@ -149,6 +162,8 @@ def convert_official_checkpoint(input_path: str, output_path: str,
     except ValueError as e:
         raise ValueError(f"{input_path}: {e}") from None
     save_detectron2_checkpoint(
-        output_path, converted,
-        author=f"fundamentalvision/Deformable-DETR ({found.name}), converted for Detectron2")
+        output_path,
+        converted,
+        author=f"fundamentalvision/Deformable-DETR ({found.name}), converted for Detectron2",
+    )
     return found

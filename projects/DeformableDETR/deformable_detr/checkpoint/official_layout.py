@@ -13,6 +13,7 @@ Shared heads (no box refinement) are stored as equal copies under every index; w
 refinement transformer.decoder.bbox_embed.* and with two-stage transformer.decoder.class_embed.*
 repeat the heads (the same modules, registered twice).
 """
+
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -40,6 +41,7 @@ _FIELDS = ("num_feature_levels", "dilation", "with_box_refine", "two_stage")
 @dataclass(frozen=True)
 class Variant:
     """A released model: its name, this project's config, and the authors' args that define it."""
+
     name: str
     config: str  # file name in configs/
     num_feature_levels: int
@@ -73,10 +75,12 @@ def _norm(prefix: str, channels: int) -> Layout:
 
 
 def _deform_attn(prefix: str, levels: int) -> Layout:
-    return {**_linear(f"{prefix}.sampling_offsets", C, M * levels * P * 2),
-            **_linear(f"{prefix}.attention_weights", C, M * levels * P),
-            **_linear(f"{prefix}.value_proj", C, C),
-            **_linear(f"{prefix}.output_proj", C, C)}
+    return {
+        **_linear(f"{prefix}.sampling_offsets", C, M * levels * P * 2),
+        **_linear(f"{prefix}.attention_weights", C, M * levels * P),
+        **_linear(f"{prefix}.value_proj", C, C),
+        **_linear(f"{prefix}.output_proj", C, C),
+    }
 
 
 def _ffn(prefix: str) -> Layout:
@@ -84,17 +88,26 @@ def _ffn(prefix: str) -> Layout:
 
 
 def _encoder_layer(prefix: str, levels: int) -> Layout:
-    return {**_deform_attn(f"{prefix}.self_attn", levels), **_norm(f"{prefix}.norm1", C),
-            **_ffn(prefix), **_norm(f"{prefix}.norm2", C)}
+    return {
+        **_deform_attn(f"{prefix}.self_attn", levels),
+        **_norm(f"{prefix}.norm1", C),
+        **_ffn(prefix),
+        **_norm(f"{prefix}.norm2", C),
+    }
 
 
 def _decoder_layer(prefix: str, levels: int) -> Layout:
     # self_attn is torch.nn.MultiheadAttention: packed q, k, v input projection
-    return {**_deform_attn(f"{prefix}.cross_attn", levels), **_norm(f"{prefix}.norm1", C),
-            f"{prefix}.self_attn.in_proj_weight": (3 * C, C),
-            f"{prefix}.self_attn.in_proj_bias": (3 * C,),
-            **_linear(f"{prefix}.self_attn.out_proj", C, C), **_norm(f"{prefix}.norm2", C),
-            **_ffn(prefix), **_norm(f"{prefix}.norm3", C)}
+    return {
+        **_deform_attn(f"{prefix}.cross_attn", levels),
+        **_norm(f"{prefix}.norm1", C),
+        f"{prefix}.self_attn.in_proj_weight": (3 * C, C),
+        f"{prefix}.self_attn.in_proj_bias": (3 * C,),
+        **_linear(f"{prefix}.self_attn.out_proj", C, C),
+        **_norm(f"{prefix}.norm2", C),
+        **_ffn(prefix),
+        **_norm(f"{prefix}.norm3", C),
+    }
 
 
 def _input_proj(levels: int) -> Layout:
@@ -134,16 +147,26 @@ def released_layout(variant: Variant) -> Layout:
     for n in range(DEC_LAYERS):
         layout.update(_decoder_layer(f"transformer.decoder.layers.{n}", levels))
     if variant.two_stage:
-        layout.update({**_linear("transformer.enc_output", C, C),
-                       **_norm("transformer.enc_output_norm", C),
-                       **_linear("transformer.pos_trans", 2 * C, 2 * C),
-                       **_norm("transformer.pos_trans_norm", 2 * C)})
+        layout.update(
+            {
+                **_linear("transformer.enc_output", C, C),
+                **_norm("transformer.enc_output_norm", C),
+                **_linear("transformer.pos_trans", 2 * C, 2 * C),
+                **_norm("transformer.pos_trans_norm", 2 * C),
+            }
+        )
     else:
         layout.update(_linear("transformer.reference_points", C, 2))
         layout["query_embed.weight"] = (Q, 2 * C)
     layout.update(_heads("", variant.num_heads))
-    layout.update(_heads("transformer.decoder.", variant.num_heads,
-                         with_class=variant.two_stage, with_box=variant.with_box_refine))
+    layout.update(
+        _heads(
+            "transformer.decoder.",
+            variant.num_heads,
+            with_class=variant.two_stage,
+            with_box=variant.with_box_refine,
+        )
+    )
     return layout
 
 
@@ -158,17 +181,24 @@ def _from_keys(state_dict: Mapping) -> dict:
     if getattr(level_embed, "ndim", 0) == 2:
         levels = level_embed.shape[0]
     else:
-        levels = len({k.split(".")[1] for k in state_dict
-                      if isinstance(k, str) and k.startswith("input_proj.") and k.count(".") >= 2})
+        levels = len(
+            {
+                k.split(".")[1]
+                for k in state_dict
+                if isinstance(k, str) and k.startswith("input_proj.") and k.count(".") >= 2
+            }
+        )
     if levels == 0:
         raise ValueError(
             "not a Deformable DETR state dict: it has neither transformer.level_embed nor "
-            f"input_proj.* (keys start with {[str(k) for k in list(state_dict)[:4]]})")
+            f"input_proj.* (keys start with {[str(k) for k in list(state_dict)[:4]]})"
+        )
     return {
         "num_feature_levels": levels,
         "two_stage": "transformer.enc_output.weight" in state_dict,
-        "with_box_refine": any(isinstance(k, str) and k.startswith(ALIAS_PREFIXES[1])
-                               for k in state_dict),
+        "with_box_refine": any(
+            isinstance(k, str) and k.startswith(ALIAS_PREFIXES[1]) for k in state_dict
+        ),
     }
 
 
@@ -190,8 +220,10 @@ def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None
             if value is None:
                 continue
             if field in found and found[field] != value:
-                raise ValueError(f"the stored args say {field}={value!r} but the weights say "
-                                 f"{field}={found[field]!r}")
+                raise ValueError(
+                    f"the stored args say {field}={value!r} but the weights say "
+                    f"{field}={found[field]!r}"
+                )
             found[field] = value
     if variant is not None:
         if variant not in _BY_NAME:
@@ -199,18 +231,23 @@ def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None
         chosen = _BY_NAME[variant]
         for field, value in found.items():
             if getattr(chosen, field) != value:
-                raise ValueError(f"variant {variant!r} has {field}={getattr(chosen, field)!r}, "
-                                 f"but the checkpoint has {field}={value!r}")
+                raise ValueError(
+                    f"variant {variant!r} has {field}={getattr(chosen, field)!r}, "
+                    f"but the checkpoint has {field}={value!r}"
+                )
         return chosen
     if "dilation" not in found:
         if found["num_feature_levels"] == 1:
             raise ValueError(
                 "cannot tell single-scale from single-scale DC5: their weights have the same "
                 "names and shapes and the checkpoint stores no args.dilation; pass the variant "
-                "(--variant single_scale or --variant single_scale_dc5)")
+                "(--variant single_scale or --variant single_scale_dc5)"
+            )
         found["dilation"] = False
     for candidate in RELEASED_VARIANTS:
         if all(getattr(candidate, f) == found[f] for f in _FIELDS):
             return candidate
-    raise ValueError(f"no released variant has {found}; the released ones are "
-                     f"{[v.name for v in RELEASED_VARIANTS]}")
+    raise ValueError(
+        f"no released variant has {found}; the released ones are "
+        f"{[v.name for v in RELEASED_VARIANTS]}"
+    )

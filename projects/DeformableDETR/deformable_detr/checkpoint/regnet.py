@@ -20,6 +20,7 @@ group width) in both libraries. Detectron2's FrozenBatchNorm2d (eps 1e-5) comput
 libraries' BatchNorm2d (eps 1e-5) computes in eval mode: no value is changed. pycls trained on BGR
 images, torchvision on RGB: each variant's config keys say which (INPUT.FORMAT, PIXEL_MEAN/STD).
 """
+
 import re
 from functools import lru_cache
 from typing import NamedTuple
@@ -33,13 +34,23 @@ from torchvision.models.regnet import BlockParams
 from .files import Layout
 from .imagenet import BackboneFamily, BackboneVariant
 
-__all__ = ["PYCLS_REGNET", "TORCHVISION_REGNET", "RegNetParams", "pycls_regnet_layout",
-           "torchvision_regnet_layout", "torchvision_to_detectron2_regnet_name"]
+__all__ = [
+    "PYCLS_REGNET",
+    "TORCHVISION_REGNET",
+    "RegNetParams",
+    "pycls_regnet_layout",
+    "torchvision_regnet_layout",
+    "torchvision_to_detectron2_regnet_name",
+]
 
 _TORCHVISION_BLOCK = re.compile(r"trunk_output\.block(\d+)\.block\1-(\d+)\.(.+)\.(\w+)")
 _TORCHVISION_PARTS = {
-    "proj.0": "proj", "proj.1": "bn", "f.se.fc1": "f.se.f_ex.0", "f.se.fc2": "f.se.f_ex.2",
-    **{f"f.{x}.0": f"f.{x}" for x in "abc"}, **{f"f.{x}.1": f"f.{x}_bn" for x in "abc"},
+    "proj.0": "proj",
+    "proj.1": "bn",
+    "f.se.fc1": "f.se.f_ex.0",
+    "f.se.fc2": "f.se.f_ex.2",
+    **{f"f.{x}.0": f"f.{x}" for x in "abc"},
+    **{f"f.{x}.1": f"f.{x}_bn" for x in "abc"},
 }
 _TORCHVISION_STEM = {"stem.0": "stem.conv", "stem.1": "stem.bn"}
 
@@ -67,8 +78,11 @@ def torchvision_to_detectron2_regnet_name(name: str) -> str:
 
 
 def _shapes(module: torch.nn.Module) -> Layout:
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()
-            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    return {
+        k: tuple(v.shape)
+        for k, v in module.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
 
 
 @lru_cache(maxsize=None)
@@ -76,10 +90,18 @@ def pycls_regnet_layout(params: RegNetParams) -> Layout:
     """Names and shapes of a pycls RegNet file without its dropped names: Detectron2's RegNet
     (pycls' names) with frozen BN, built on the meta device."""
     with torch.device("meta"):
-        model = RegNet(stem_class=SimpleStem, stem_width=32, block_class=ResBottleneckBlock,
-                       depth=params.depth, w_a=params.w_a, w_0=params.w_0, w_m=params.w_m,
-                       group_width=params.group_width, se_ratio=params.se_ratio,
-                       norm="FrozenBN")
+        model = RegNet(
+            stem_class=SimpleStem,
+            stem_width=32,
+            block_class=ResBottleneckBlock,
+            depth=params.depth,
+            w_a=params.w_a,
+            w_0=params.w_0,
+            w_m=params.w_m,
+            group_width=params.group_width,
+            se_ratio=params.se_ratio,
+            norm="FrozenBN",
+        )
     return _shapes(model)
 
 
@@ -88,25 +110,55 @@ def torchvision_regnet_layout(params: RegNetParams) -> Layout:
     """Names and shapes of torchvision's RegNet body, as its builders make it: the widths from
     BlockParams.from_init_params, the model on the meta device."""
     blocks = BlockParams.from_init_params(
-        depth=params.depth, w_0=params.w_0, w_a=params.w_a, w_m=params.w_m,
-        group_width=params.group_width, se_ratio=params.se_ratio)
+        depth=params.depth,
+        w_0=params.w_0,
+        w_a=params.w_a,
+        w_m=params.w_m,
+        group_width=params.group_width,
+        se_ratio=params.se_ratio,
+    )
     with torch.device("meta"):
         return _shapes(torchvision.models.RegNet(blocks))
 
 
-_PYCLS_INPUT = ("INPUT.FORMAT", "BGR", "MODEL.PIXEL_MEAN", "[103.530,116.280,123.675]",
-                "MODEL.PIXEL_STD", "[57.375,57.120,58.395]")
-_TORCHVISION_INPUT = ("INPUT.FORMAT", "RGB", "MODEL.PIXEL_MEAN", "[123.675,116.280,103.530]",
-                      "MODEL.PIXEL_STD", "[58.395,57.120,57.375]")
+_PYCLS_INPUT = (
+    "INPUT.FORMAT",
+    "BGR",
+    "MODEL.PIXEL_MEAN",
+    "[103.530,116.280,123.675]",
+    "MODEL.PIXEL_STD",
+    "[57.375,57.120,58.395]",
+)
+_TORCHVISION_INPUT = (
+    "INPUT.FORMAT",
+    "RGB",
+    "MODEL.PIXEL_MEAN",
+    "[123.675,116.280,103.530]",
+    "MODEL.PIXEL_STD",
+    "[58.395,57.120,57.375]",
+)
 
 
 def _variant(name, params, input_opts):
-    opts = ("MODEL.BACKBONE.NAME", "build_deformable_detr_regnet_backbone",
-            "MODEL.REGNET.STEM_WIDTH", "32", "MODEL.REGNET.DEPTH", str(params.depth),
-            "MODEL.REGNET.W_0", str(params.w_0), "MODEL.REGNET.W_A", str(params.w_a),
-            "MODEL.REGNET.W_M", str(params.w_m),
-            "MODEL.REGNET.GROUP_WIDTH", str(params.group_width),
-            "MODEL.REGNET.SE_RATIO", str(params.se_ratio), *input_opts)
+    opts = (
+        "MODEL.BACKBONE.NAME",
+        "build_deformable_detr_regnet_backbone",
+        "MODEL.REGNET.STEM_WIDTH",
+        "32",
+        "MODEL.REGNET.DEPTH",
+        str(params.depth),
+        "MODEL.REGNET.W_0",
+        str(params.w_0),
+        "MODEL.REGNET.W_A",
+        str(params.w_a),
+        "MODEL.REGNET.W_M",
+        str(params.w_m),
+        "MODEL.REGNET.GROUP_WIDTH",
+        str(params.group_width),
+        "MODEL.REGNET.SE_RATIO",
+        str(params.se_ratio),
+        *input_opts,
+    )
     return BackboneVariant(name, params, opts)
 
 
@@ -118,10 +170,16 @@ PYCLS_REGNET = BackboneFamily(
     rename=lambda name: name,
     layout=pycls_regnet_layout,
     variants={
-        "regnety_4gf": _variant("RegNetY-4.0GF (RegNetY-4.0GF_dds_8gpu)",
-                                RegNetParams(22, 96, 31.41, 2.24, 64, 0.25), _PYCLS_INPUT),
-        "regnetx_4gf": _variant("RegNetX-4.0GF (RegNetX-4.0GF_dds_8gpu)",
-                                RegNetParams(23, 96, 38.65, 2.43, 40, 0.0), _PYCLS_INPUT),
+        "regnety_4gf": _variant(
+            "RegNetY-4.0GF (RegNetY-4.0GF_dds_8gpu)",
+            RegNetParams(22, 96, 31.41, 2.24, 64, 0.25),
+            _PYCLS_INPUT,
+        ),
+        "regnetx_4gf": _variant(
+            "RegNetX-4.0GF (RegNetX-4.0GF_dds_8gpu)",
+            RegNetParams(23, 96, 38.65, 2.43, 40, 0.0),
+            _PYCLS_INPUT,
+        ),
     },
     not_in_file="nothing: every parameter of the backbone is in the file",
     author="facebookresearch/pycls",
@@ -150,8 +208,10 @@ TORCHVISION_REGNET = BackboneFamily(
     dropped=re.compile(rf"fc\..*|{_DROPPED_BN}"),
     rename=torchvision_to_detectron2_regnet_name,
     layout=torchvision_regnet_layout,
-    variants={name: _variant(f"torchvision {name}", RegNetParams(*args), _TORCHVISION_INPUT)
-              for name, args in _TORCHVISION.items()},
+    variants={
+        name: _variant(f"torchvision {name}", RegNetParams(*args), _TORCHVISION_INPUT)
+        for name, args in _TORCHVISION.items()
+    },
     not_in_file="nothing: every parameter of the backbone is in the file",
     author="torchvision",
 )

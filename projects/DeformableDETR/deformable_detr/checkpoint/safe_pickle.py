@@ -8,6 +8,7 @@ Legend: a model-zoo .pkl is {"model": {name: ndarray}, "__author__": str, "match
 bool} (Detectron2's conversions) or {"blobs": {name: ndarray}, ...} / {name: ndarray} (Caffe2,
 pickled by Python 2, hence encoding="latin1").
 """
+
 import collections
 import pickle
 

@@ -22,6 +22,7 @@ Detectron2's norm1, norm2 (of outputs p1, p2) have no counterpart: they keep the
 initialisation (weight 1, bias 0), as in Detectron2's and mmdetection's use of these files.
 LayerNorm eps is PyTorch's 1e-5 on both sides; no value is changed.
 """
+
 import re
 from functools import lru_cache
 from typing import NamedTuple, Tuple
@@ -52,12 +53,12 @@ def swin_layout(params: SwinParams) -> Layout:
     add_layer_norm(layout, "patch_embed.norm", c)
     last = len(params.depths) - 1
     for i, (depth, heads) in enumerate(zip(params.depths, params.num_heads)):
-        d = c * 2 ** i
+        d = c * 2**i
         for j in range(depth):
             block = f"layers.{i}.blocks.{j}"
             add_layer_norm(layout, f"{block}.norm1", d)
             layout[f"{block}.attn.relative_position_bias_table"] = ((2 * window - 1) ** 2, heads)
-            layout[f"{block}.attn.relative_position_index"] = (window ** 2, window ** 2)
+            layout[f"{block}.attn.relative_position_index"] = (window**2, window**2)
             add_linear(layout, f"{block}.attn.qkv", d, 3 * d)
             add_linear(layout, f"{block}.attn.proj", d, d)
             add_layer_norm(layout, f"{block}.norm2", d)
@@ -66,16 +67,23 @@ def swin_layout(params: SwinParams) -> Layout:
         if i < last:
             add_linear(layout, f"layers.{i}.downsample.reduction", 4 * d, 2 * d, bias=False)
             add_layer_norm(layout, f"layers.{i}.downsample.norm", 4 * d)
-    add_layer_norm(layout, "norm", c * 2 ** last)
+    add_layer_norm(layout, "norm", c * 2**last)
     return layout
 
 
 def _variant(name, embed_dim, depths, num_heads, window_size):
-    opts = ("MODEL.BACKBONE.NAME", "build_deformable_detr_swin_backbone",
-            "MODEL.SWIN.EMBED_DIM", str(embed_dim),
-            "MODEL.SWIN.DEPTHS", str(list(depths)).replace(" ", ""),
-            "MODEL.SWIN.NUM_HEADS", str(list(num_heads)).replace(" ", ""),
-            "MODEL.SWIN.WINDOW_SIZE", str(window_size))
+    opts = (
+        "MODEL.BACKBONE.NAME",
+        "build_deformable_detr_swin_backbone",
+        "MODEL.SWIN.EMBED_DIM",
+        str(embed_dim),
+        "MODEL.SWIN.DEPTHS",
+        str(list(depths)).replace(" ", ""),
+        "MODEL.SWIN.NUM_HEADS",
+        str(list(num_heads)).replace(" ", ""),
+        "MODEL.SWIN.WINDOW_SIZE",
+        str(window_size),
+    )
     return BackboneVariant(name, SwinParams(embed_dim, depths, num_heads, window_size), opts)
 
 
@@ -88,20 +96,22 @@ SWIN = BackboneFamily(
     rename=swin_to_detectron2_name,
     layout=swin_layout,
     variants={
-        "swin_t": _variant("Swin-T (swin_tiny_patch4_window7_224)", 96, (2, 2, 6, 2),
-                           (3, 6, 12, 24), 7),
-        "swin_s": _variant("Swin-S (swin_small_patch4_window7_224)", 96, (2, 2, 18, 2),
-                           (3, 6, 12, 24), 7),
-        "swin_b": _variant("Swin-B (swin_base_patch4_window7_224[_22k])", window_size=7,
-                           **_BASE),
-        "swin_b_384": _variant("Swin-B 384 (swin_base_patch4_window12_384[_22k])",
-                               window_size=12, **_BASE),
-        "swin_l": _variant("Swin-L (swin_large_patch4_window7_224_22k)", window_size=7,
-                           **_LARGE),
-        "swin_l_384": _variant("Swin-L 384 (swin_large_patch4_window12_384_22k)",
-                               window_size=12, **_LARGE),
+        "swin_t": _variant(
+            "Swin-T (swin_tiny_patch4_window7_224)", 96, (2, 2, 6, 2), (3, 6, 12, 24), 7
+        ),
+        "swin_s": _variant(
+            "Swin-S (swin_small_patch4_window7_224)", 96, (2, 2, 18, 2), (3, 6, 12, 24), 7
+        ),
+        "swin_b": _variant("Swin-B (swin_base_patch4_window7_224[_22k])", window_size=7, **_BASE),
+        "swin_b_384": _variant(
+            "Swin-B 384 (swin_base_patch4_window12_384[_22k])", window_size=12, **_BASE
+        ),
+        "swin_l": _variant("Swin-L (swin_large_patch4_window7_224_22k)", window_size=7, **_LARGE),
+        "swin_l_384": _variant(
+            "Swin-L 384 (swin_large_patch4_window12_384_22k)", window_size=12, **_LARGE
+        ),
     },
     not_in_file="backbone.norm1.*, backbone.norm2.* (the norms of outputs p1, p2: weight 1, "
-                "bias 0); norm3 is the file's final norm",
+    "bias 0); norm3 is the file's final norm",
     author="microsoft/Swin-Transformer",
 )

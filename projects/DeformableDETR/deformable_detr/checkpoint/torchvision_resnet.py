@@ -10,6 +10,7 @@ Shapes: convolutions (C_out, C_in, kh, kw); norms (C,) weight, bias, running_mea
 Detectron2's FrozenBatchNorm2d (eps 1e-5) computes what torchvision's BatchNorm2d does in eval
 mode; fc.* (the ImageNet classifier) and num_batches_tracked have no counterpart and are dropped.
 """
+
 import re
 from collections import OrderedDict
 from typing import Dict, Mapping
@@ -58,29 +59,40 @@ def torchvision_to_detectron2_name(name: str) -> str:
 def torchvision_resnet_layout(depth: int = 50) -> Layout:
     """Names and shapes of torchvision's ResNet-`depth` body with frozen BN (the release's
     backbone): every parameter and buffer but fc.* and num_batches_tracked."""
-    builders = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101,
-                152: torchvision.models.resnet152}
+    builders = {
+        50: torchvision.models.resnet50,
+        101: torchvision.models.resnet101,
+        152: torchvision.models.resnet152,
+    }
     if depth not in builders:
         raise ValueError(f"depth must be one of {sorted(builders)}, got {depth!r}")
     with torch.device("meta"):  # shapes only, nothing allocated
         model = builders[depth](weights=None)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()
-            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    return {
+        k: tuple(v.shape)
+        for k, v in model.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
 
 
 def _dropped(name) -> bool:
-    return isinstance(name, str) and (name.startswith("fc.")
-                                      or name.endswith("num_batches_tracked"))
+    return isinstance(name, str) and (
+        name.startswith("fc.") or name.endswith("num_batches_tracked")
+    )
 
 
 def _depth(state_dict: Mapping) -> int:
-    blocks = {k.split(".")[1] for k in state_dict
-              if isinstance(k, str) and k.startswith("layer3.") and k.count(".") >= 2}
+    blocks = {
+        k.split(".")[1]
+        for k in state_dict
+        if isinstance(k, str) and k.startswith("layer3.") and k.count(".") >= 2
+    }
     if len(blocks) not in _DEPTH_BY_LAYER3_BLOCKS:
         raise ValueError(
             f"not a torchvision ResNet-50/101/152 state dict: layer3 has {len(blocks)} blocks "
             f"(expected one of {sorted(_DEPTH_BY_LAYER3_BLOCKS)}); keys start with "
-            f"{[str(k) for k in list(state_dict)[:4]]}")
+            f"{[str(k) for k in list(state_dict)[:4]]}"
+        )
     return _DEPTH_BY_LAYER3_BLOCKS[len(blocks)]
 
 
@@ -92,12 +104,14 @@ def convert_torchvision_resnet(state_dict: Mapping) -> Dict[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping):
         raise ValueError(
             f"expected a state dict (a dict of tensors, as torchvision saves its weights), got "
-            f"{type(state_dict).__name__}")
+            f"{type(state_dict).__name__}"
+        )
     body = {k: v for k, v in state_dict.items() if not _dropped(k)}
     depth = _depth(body)
     check_layout(body, torchvision_resnet_layout(depth), f"torchvision ResNet-{depth} state dict")
     return OrderedDict(
-        (f"backbone.{torchvision_to_detectron2_name(k)}", v) for k, v in body.items())
+        (f"backbone.{torchvision_to_detectron2_name(k)}", v) for k, v in body.items()
+    )
 
 
 def convert_torchvision_resnet_file(input_path: str, output_path: str) -> int:
@@ -105,5 +119,12 @@ def convert_torchvision_resnet_file(input_path: str, output_path: str) -> int:
     the backbone only. Loaded as MODEL.WEIGHTS, it initialises the backbone; Detectron2 reports
     the other parameters (neck, transformer, heads) as missing and keeps their initialisation.
     Returns the ResNet depth (set MODEL.RESNETS.DEPTH to it)."""
-    return convert_weights_file(input_path, output_path, lambda state_dict: (
-        convert_torchvision_resnet(state_dict), "torchvision", _depth(state_dict)))
+    return convert_weights_file(
+        input_path,
+        output_path,
+        lambda state_dict: (
+            convert_torchvision_resnet(state_dict),
+            "torchvision",
+            _depth(state_dict),
+        ),
+    )

@@ -22,6 +22,7 @@ they start at zero, as in ViTDet) and the pyramid's own layers (backbone.simfp_*
 their initialisation. The number of heads is not in the weights: MAE's and DeiT's ViT-B has 12,
 ViT-L 16.
 """
+
 import re
 from functools import lru_cache
 from typing import NamedTuple
@@ -48,9 +49,11 @@ def vit_to_detectron2_name(name: str) -> str:
 def vit_layout(params: ViTParams) -> Layout:
     """Names and shapes of an official ViT checkpoint without its dropped names."""
     c, patch = params.embed_dim, params.patch_size
-    layout: Layout = {"pos_embed": (1, (params.image_size // patch) ** 2 + 1, c),
-                      "patch_embed.proj.weight": (c, 3, patch, patch),
-                      "patch_embed.proj.bias": (c,)}
+    layout: Layout = {
+        "pos_embed": (1, (params.image_size // patch) ** 2 + 1, c),
+        "patch_embed.proj.weight": (c, 3, patch, patch),
+        "patch_embed.proj.bias": (c,),
+    }
     for i in range(params.depth):
         block = f"blocks.{i}"
         add_layer_norm(layout, f"{block}.norm1", c)
@@ -63,10 +66,20 @@ def vit_layout(params: ViTParams) -> Layout:
 
 
 def _variant(name, embed_dim, depth, num_heads, window_block_indexes):
-    opts = ("MODEL.BACKBONE.NAME", "build_deformable_detr_vit_backbone",
-            "MODEL.VIT.PATCH_SIZE", "16", "MODEL.VIT.EMBED_DIM", str(embed_dim),
-            "MODEL.VIT.DEPTH", str(depth), "MODEL.VIT.NUM_HEADS", str(num_heads),
-            "MODEL.VIT.WINDOW_BLOCK_INDEXES", str(list(window_block_indexes)).replace(" ", ""))
+    opts = (
+        "MODEL.BACKBONE.NAME",
+        "build_deformable_detr_vit_backbone",
+        "MODEL.VIT.PATCH_SIZE",
+        "16",
+        "MODEL.VIT.EMBED_DIM",
+        str(embed_dim),
+        "MODEL.VIT.DEPTH",
+        str(depth),
+        "MODEL.VIT.NUM_HEADS",
+        str(num_heads),
+        "MODEL.VIT.WINDOW_BLOCK_INDEXES",
+        str(list(window_block_indexes)).replace(" ", ""),
+    )
     return BackboneVariant(name, ViTParams(embed_dim, depth), opts)
 
 
@@ -81,11 +94,12 @@ VIT = BackboneFamily(
     rename=vit_to_detectron2_name,
     layout=vit_layout,
     variants={
-        "vit_b": _variant("ViT-B/16 (mae_pretrain_vit_base, deit_base_patch16_224)", 768, 12,
-                          12, _windowed(12, 3)),
+        "vit_b": _variant(
+            "ViT-B/16 (mae_pretrain_vit_base, deit_base_patch16_224)", 768, 12, 12, _windowed(12, 3)
+        ),
         "vit_l": _variant("ViT-L/16 (mae_pretrain_vit_large)", 1024, 24, 16, _windowed(24, 6)),
     },
     not_in_file="backbone.net.blocks.*.attn.rel_pos_h / rel_pos_w (relative positions: zeros, "
-                "as ViTDet starts them) and the pyramid's layers (backbone.simfp_*)",
+    "as ViTDet starts them) and the pyramid's layers (backbone.simfp_*)",
     author="facebookresearch/mae",
 )

@@ -9,6 +9,7 @@ Resizes round as the release does (DetrResize), so that the same image gets the 
 The INPUT keys (or the arguments) are checked once, here: a bad size is a config error naming the
 key (or the argument), never an error blamed on the images later.
 """
+
 import collections.abc
 import functools
 import numbers
@@ -19,18 +20,31 @@ import numpy as np
 from detectron2.data import transforms as T
 from PIL import Image
 
-__all__ = ["DetrResize", "IMAGE_FORMATS", "RandomChoice", "build_detr_augmentation",
-           "check_image_format", "check_input_config", "detr_resized_size",
-           "detr_test_augmentation", "detr_train_augmentation"]
+__all__ = [
+    "DetrResize",
+    "IMAGE_FORMATS",
+    "RandomChoice",
+    "build_detr_augmentation",
+    "check_image_format",
+    "check_input_config",
+    "detr_resized_size",
+    "detr_test_augmentation",
+    "detr_train_augmentation",
+]
 
 IMAGE_FORMATS = ("RGB", "BGR", "L", "YUV-BT.601")
 FLIPS = ("none", "horizontal", "vertical")
 # argument of detr_train_augmentation / detr_test_augmentation -> the INPUT key the YAML path
 # reads it from
-_TRAIN_KEYS = {"min_size": "MIN_SIZE_TRAIN", "max_size": "MAX_SIZE_TRAIN",
-               "random_flip": "RANDOM_FLIP", "crop": "CROP.ENABLED",
-               "resize_before_crop": "RESIZE_BEFORE_CROP", "crop_type": "CROP.TYPE",
-               "crop_size": "CROP.SIZE"}
+_TRAIN_KEYS = {
+    "min_size": "MIN_SIZE_TRAIN",
+    "max_size": "MAX_SIZE_TRAIN",
+    "random_flip": "RANDOM_FLIP",
+    "crop": "CROP.ENABLED",
+    "resize_before_crop": "RESIZE_BEFORE_CROP",
+    "crop_type": "CROP.TYPE",
+    "crop_size": "CROP.SIZE",
+}
 _TEST_KEYS = {"min_size": "MIN_SIZE_TEST", "max_size": "MAX_SIZE_TEST"}
 
 
@@ -107,9 +121,15 @@ def check_image_format(image_format, name: str) -> None:
 
 
 def _check_sizes(name: str, sizes) -> None:
-    _require(isinstance(sizes, collections.abc.Sequence) and not isinstance(sizes, str)
-             and len(sizes) > 0 and all(_is_positive_int(s) for s in sizes),
-             name, "a non-empty list of positive ints (shorter-side lengths in pixels)", sizes)
+    _require(
+        isinstance(sizes, collections.abc.Sequence)
+        and not isinstance(sizes, str)
+        and len(sizes) > 0
+        and all(_is_positive_int(s) for s in sizes),
+        name,
+        "a non-empty list of positive ints (shorter-side lengths in pixels)",
+        sizes,
+    )
 
 
 def _check_crop(name: Callable[[str], str], crop_type, crop_size) -> None:
@@ -121,22 +141,42 @@ def _check_crop(name: Callable[[str], str], crop_type, crop_size) -> None:
     _require(_is_pair(crop_size), size_name, "2 numbers", crop_size)
     if crop_type.startswith("relative"):
         # relative_range draws each fraction from [size[i], 1]: above 1 the crop outgrows the image
-        _require(all(_is_fraction(s) for s in crop_size), size_name,
-                 f"2 fractions of the image's (height, width) in (0, 1] for {name('crop_type')} "
-                 f"{crop_type!r} (pixel sizes need 'absolute' or 'absolute_range')", crop_size)
+        _require(
+            all(_is_fraction(s) for s in crop_size),
+            size_name,
+            f"2 fractions of the image's (height, width) in (0, 1] for {name('crop_type')} "
+            f"{crop_type!r} (pixel sizes need 'absolute' or 'absolute_range')",
+            crop_size,
+        )
     elif crop_type == "absolute":
-        _require(all(_is_positive_int(s) for s in crop_size), size_name,
-                 f"2 positive ints, the crop's (height, width) in pixels, for {name('crop_type')} "
-                 f"'absolute'", crop_size)
+        _require(
+            all(_is_positive_int(s) for s in crop_size),
+            size_name,
+            f"2 positive ints, the crop's (height, width) in pixels, for {name('crop_type')} "
+            f"'absolute'",
+            crop_size,
+        )
     else:
-        _require(all(_is_positive_int(s) for s in crop_size) and crop_size[0] <= crop_size[1],
-                 size_name, f"2 positive ints (low, high) with low <= high, the range in pixels "
-                 f"of the crop's height and width, for {name('crop_type')} 'absolute_range'",
-                 crop_size)
+        _require(
+            all(_is_positive_int(s) for s in crop_size) and crop_size[0] <= crop_size[1],
+            size_name,
+            f"2 positive ints (low, high) with low <= high, the range in pixels "
+            f"of the crop's height and width, for {name('crop_type')} 'absolute_range'",
+            crop_size,
+        )
 
 
-def _check_train(name: Callable[[str], str], *, min_size, max_size, random_flip, crop,
-                 resize_before_crop, crop_type, crop_size) -> None:
+def _check_train(
+    name: Callable[[str], str],
+    *,
+    min_size,
+    max_size,
+    random_flip,
+    crop,
+    resize_before_crop,
+    crop_type,
+    crop_size,
+) -> None:
     """Raises ValueError naming (by name(argument)) the first wrong argument of
     detr_train_augmentation."""
     _check_sizes(name("min_size"), min_size)
@@ -152,17 +192,18 @@ def _check_test(name: Callable[[str], str], *, min_size, max_size) -> None:
     _require(_is_positive_int(max_size), name("max_size"), "a positive int", max_size)
 
 
-def _train_augmentation(*, min_size, max_size, random_flip, crop, resize_before_crop,
-                        crop_type, crop_size) -> List[T.Augmentation]:
+def _train_augmentation(
+    *, min_size, max_size, random_flip, crop, resize_before_crop, crop_type, crop_size
+) -> List[T.Augmentation]:
     resize = DetrResize(min_size, max_size)
     augs = []
     if random_flip != "none":
-        augs.append(T.RandomFlip(horizontal=random_flip == "horizontal",
-                                 vertical=random_flip == "vertical"))
+        augs.append(
+            T.RandomFlip(horizontal=random_flip == "horizontal", vertical=random_flip == "vertical")
+        )
     if not crop:
         return augs + [resize]
-    crop_branch = [DetrResize(resize_before_crop), T.RandomCrop(crop_type, list(crop_size)),
-                   resize]
+    crop_branch = [DetrResize(resize_before_crop), T.RandomCrop(crop_type, list(crop_size)), resize]
     return augs + [RandomChoice([[resize], crop_branch])]
 
 
@@ -170,13 +211,27 @@ def _test_augmentation(*, min_size, max_size) -> List[T.Augmentation]:
     return [DetrResize([min_size], max_size)]
 
 
-def detr_train_augmentation(*, min_size: Sequence[int], max_size: int, random_flip: str,
-                            crop: bool, resize_before_crop: Sequence[int], crop_type: str,
-                            crop_size: Sequence) -> List[T.Augmentation]:
+def detr_train_augmentation(
+    *,
+    min_size: Sequence[int],
+    max_size: int,
+    random_flip: str,
+    crop: bool,
+    resize_before_crop: Sequence[int],
+    crop_type: str,
+    crop_size: Sequence,
+) -> List[T.Augmentation]:
     """The training augmentation (see the module docstring) from plain arguments, each the INPUT
     key of _TRAIN_KEYS (e.g. in a LazyConfig). Raises ValueError naming a wrong argument."""
-    args = dict(min_size=min_size, max_size=max_size, random_flip=random_flip, crop=crop,
-                resize_before_crop=resize_before_crop, crop_type=crop_type, crop_size=crop_size)
+    args = dict(
+        min_size=min_size,
+        max_size=max_size,
+        random_flip=random_flip,
+        crop=crop,
+        resize_before_crop=resize_before_crop,
+        crop_type=crop_type,
+        crop_size=crop_size,
+    )
     _check_train(str, **args)
     return _train_augmentation(**args)
 
@@ -200,12 +255,16 @@ def check_input_config(cfg, is_train: bool) -> None:
     inp = cfg.INPUT
     check_image_format(inp.FORMAT, "INPUT.FORMAT")
     if is_train:
-        _require(inp.MIN_SIZE_TRAIN_SAMPLING == "choice", "INPUT.MIN_SIZE_TRAIN_SAMPLING",
-                 "'choice' (DETR's augmentation picks sizes from a list)",
-                 inp.MIN_SIZE_TRAIN_SAMPLING)
+        _require(
+            inp.MIN_SIZE_TRAIN_SAMPLING == "choice",
+            "INPUT.MIN_SIZE_TRAIN_SAMPLING",
+            "'choice' (DETR's augmentation picks sizes from a list)",
+            inp.MIN_SIZE_TRAIN_SAMPLING,
+        )
     keys = _TRAIN_KEYS if is_train else _TEST_KEYS
-    (_check_train if is_train else _check_test)(lambda arg: "INPUT." + keys[arg],
-                                                **_input_args(cfg, is_train))
+    (_check_train if is_train else _check_test)(
+        lambda arg: "INPUT." + keys[arg], **_input_args(cfg, is_train)
+    )
 
 
 def build_detr_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:

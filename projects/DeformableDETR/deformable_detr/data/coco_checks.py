@@ -9,6 +9,7 @@ unique int category ids, and annotations whose category_id and image_id exist an
 A file that passed is remembered by (path, size, modification time), so a periodic evaluation
 does not read it again.
 """
+
 import collections
 import json
 import numbers
@@ -40,13 +41,21 @@ def _listed(what: str, total: int, offending: List[str]) -> str:
 def _problems(data, require_annotations: bool) -> List[str]:
     """What is wrong with the parsed json, one line per kind of problem."""
     if not isinstance(data, dict):
-        return [f"the json must be an object with 'images', 'annotations' and 'categories', "
-                f"got a {type(data).__name__}"]
+        return [
+            f"the json must be an object with 'images', 'annotations' and 'categories', "
+            f"got a {type(data).__name__}"
+        ]
     # an unlabelled test set has no "annotations"; when there are some, they must be a list
-    keys = [k for k in ("images", "annotations", "categories")
-            if k != "annotations" or require_annotations or k in data]
-    wrong = [f"{k!r} must be a list, got {type(data.get(k)).__name__}"
-             for k in keys if not isinstance(data.get(k), list)]
+    keys = [
+        k
+        for k in ("images", "annotations", "categories")
+        if k != "annotations" or require_annotations or k in data
+    ]
+    wrong = [
+        f"{k!r} must be a list, got {type(data.get(k)).__name__}"
+        for k in keys
+        if not isinstance(data.get(k), list)
+    ]
     if wrong:
         return wrong
     images, categories = data["images"], data["categories"]
@@ -78,14 +87,26 @@ def _problems(data, require_annotations: bool) -> List[str]:
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
             bad_box.append(f"{name} (bbox {box!r})")
     if bad_category:
-        problems.append(_listed(f"annotations have a category_id not among the categories' ids "
-                                f"{sorted(known_categories)}", len(annotations), bad_category))
+        problems.append(
+            _listed(
+                f"annotations have a category_id not among the categories' ids "
+                f"{sorted(known_categories)}",
+                len(annotations),
+                bad_category,
+            )
+        )
     if bad_image:
-        problems.append(_listed("annotations have an image_id not among the images' ids",
-                                len(annotations), bad_image))
+        problems.append(
+            _listed(
+                "annotations have an image_id not among the images' ids",
+                len(annotations),
+                bad_image,
+            )
+        )
     if bad_box:
-        problems.append(_listed("annotations have a bbox that is not 4 numbers",
-                                len(annotations), bad_box))
+        problems.append(
+            _listed("annotations have a bbox that is not 4 numbers", len(annotations), bad_box)
+        )
     return problems
 
 
@@ -95,8 +116,9 @@ def check_coco_json(dataset_name: str, json_file: str, require_annotations: bool
     accepts a json without "annotations" (an unlabelled test set: predictions only)."""
     path = PathManager.get_local_path(json_file)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"dataset {dataset_name!r}: its COCO json {json_file!r} does not "
-                                f"exist")
+        raise FileNotFoundError(
+            f"dataset {dataset_name!r}: its COCO json {json_file!r} does not exist"
+        )
     stat = os.stat(path)
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, require_annotations)
     if key in _passed:
@@ -105,12 +127,15 @@ def check_coco_json(dataset_name: str, json_file: str, require_annotations: bool
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"dataset {dataset_name!r}: {json_file!r} is not valid json: "
-                             f"{e}") from e
+            raise ValueError(
+                f"dataset {dataset_name!r}: {json_file!r} is not valid json: {e}"
+            ) from e
     problems = _problems(data, require_annotations)
     if problems:
-        raise ValueError(f"dataset {dataset_name!r}: the COCO json {json_file!r} has problems:\n"
-                         + "\n".join(f"- {p}" for p in problems))
+        raise ValueError(
+            f"dataset {dataset_name!r}: the COCO json {json_file!r} has problems:\n"
+            + "\n".join(f"- {p}" for p in problems)
+        )
     _passed.add(key)
 
 

@@ -15,6 +15,7 @@
 Image: (3, H, W) uint8 in the mapper's image format (INPUT.FORMAT). Boxes: (4,) per annotation,
 in its bbox_mode.
 """
+
 import collections
 import copy
 import logging
@@ -45,9 +46,14 @@ EMPTY_AFTER_AUG = "empty or outside the image after augmentation"
 def _box_problem(anno) -> str:
     """Why the annotation's box is malformed (one of the reasons above), or "" if it is not."""
     box = anno.get("bbox")
-    if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4 or not all(
+    if (
+        not isinstance(box, (list, tuple, np.ndarray))
+        or len(box) != 4
+        or not all(
             isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-            for v in box):
+            for v in box
+        )
+    ):
         return NOT_FOUR_FINITE
     mode = BoxMode(anno["bbox_mode"])
     if mode == BoxMode.XYWH_ABS:
@@ -55,8 +61,10 @@ def _box_problem(anno) -> str:
     elif mode == BoxMode.XYXY_ABS:
         w, h = box[2] - box[0], box[3] - box[1]
     else:  # relative and rotated modes: Detectron2's transforms do not support them either
-        raise ValueError(f"annotation bbox_mode must be BoxMode.XYWH_ABS or XYXY_ABS, got {mode!r}"
-                         f" (annotation {anno.get('id', '')!r})")
+        raise ValueError(
+            f"annotation bbox_mode must be BoxMode.XYWH_ABS or XYXY_ABS, got {mode!r}"
+            f" (annotation {anno.get('id', '')!r})"
+        )
     return NOT_POSITIVE if w <= 0 or h <= 0 else ""
 
 
@@ -76,8 +84,7 @@ class DetrDatasetMapper(DatasetMapper):
             image_format: one of IMAGE_FORMATS, checked here.
         """
         check_image_format(image_format, "image_format")
-        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
-                         **kwargs)
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format, **kwargs)
         self.dropped = collections.Counter()
         self.skipped_images = 0
 
@@ -109,10 +116,13 @@ class DetrDatasetMapper(DatasetMapper):
                 raise ValueError(
                     f"image {path!r} cannot be read ({e}); evaluation does not skip images, "
                     f"since another image drawn in its place would be counted twice: repair "
-                    f"the file or remove it from the dataset") from e
+                    f"the file or remove it from the dataset"
+                ) from e
             self.skipped_images += 1
-            logger.warning(f"skipping image {path!r}, which cannot be read ({e}); "
-                           f"{self.skipped_images} images skipped so far")
+            logger.warning(
+                f"skipping image {path!r}, which cannot be read ({e}); "
+                f"{self.skipped_images} images skipped so far"
+            )
             return None
         dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict stays as it was
         utils.check_image_size(dataset_dict, image)
@@ -137,5 +147,9 @@ class DetrDatasetMapper(DatasetMapper):
         self.dropped[EMPTY_AFTER_AUG] += len(kept) - len(dataset_dict["instances"])
         if self.dropped_boxes:
             last = dataset_dict["file_name"]
-            log_every_n_seconds(logging.WARNING, f"{self.dropped_summary()}; last image {last!r}",
-                                n=60, name=__name__)
+            log_every_n_seconds(
+                logging.WARNING,
+                f"{self.dropped_summary()}; last image {last!r}",
+                n=60,
+                name=__name__,
+            )

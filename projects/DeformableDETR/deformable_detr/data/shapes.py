@@ -6,6 +6,7 @@ COCOEvaluator and the visualizer run on real files, as with any user dataset.
 
 Image: H x W x 3 uint8 RGB. Boxes: COCO (x, y, w, h) in pixels.
 """
+
 import json
 import math
 import os
@@ -17,8 +18,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CLASSES", "SPLITS", "generate_shapes_split", "register_shapes_datasets",
-           "shapes_root"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "SPLITS",
+    "generate_shapes_split",
+    "register_shapes_datasets",
+    "shapes_root",
+]
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 # split name -> (number of images, seed)
@@ -38,8 +44,9 @@ def shapes_root():
 def _background(rng, h, w):
     """Low-frequency colour blobs plus fine noise: a texture the shapes must be told from."""
     coarse = rng.uniform(40, 200, size=(h // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
-    blobs = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BICUBIC),
-                       dtype=np.float32)
+    blobs = np.asarray(
+        Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32
+    )
     noise = rng.normal(0, 12, size=(h, w, 3))
     stripes = 15 * np.sin(np.arange(w)[None, :, None] * rng.uniform(0.2, 0.8) + rng.uniform(0, 6))
     return np.clip(blobs + noise + stripes, 0, 255).astype(np.uint8)
@@ -102,15 +109,27 @@ def generate_shapes_split(folder, num_images, seed):
         img.save(os.path.join(folder, "images", name), quality=92)
         images.append({"id": i + 1, "file_name": name, "height": img.height, "width": img.width})
         for cls, (x0, y0, x1, y1) in objects:
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": k + 1, "name": n} for k, n in enumerate(SHAPE_CLASSES)]
     with open(os.path.join(folder, "annotations.json"), "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories,
-                   "info": {"version": FORMAT_VERSION}}, f)
+        json.dump(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+                "info": {"version": FORMAT_VERSION},
+            },
+            f,
+        )
 
 
 def _split_ready(folder, num_images):
@@ -119,7 +138,9 @@ def _split_ready(folder, num_images):
         return False
     with open(path) as f:
         data = json.load(f)
-    return data.get("info", {}).get("version") == FORMAT_VERSION and len(data["images"]) == num_images
+    return (
+        data.get("info", {}).get("version") == FORMAT_VERSION and len(data["images"]) == num_images
+    )
 
 
 def register_shapes_datasets(root=None):
@@ -137,6 +158,9 @@ def register_shapes_datasets(root=None):
             os.replace(tmp, folder)
         if name not in DatasetCatalog.list():
             # class names now, not only once the json is loaded: the demo never loads it
-            register_coco_instances(name, {"thing_classes": list(SHAPE_CLASSES)},
-                                    os.path.join(folder, "annotations.json"),
-                                    os.path.join(folder, "images"))
+            register_coco_instances(
+                name,
+                {"thing_classes": list(SHAPE_CLASSES)},
+                os.path.join(folder, "annotations.json"),
+                os.path.join(folder, "images"),
+            )

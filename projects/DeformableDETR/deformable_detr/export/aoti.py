@@ -15,6 +15,7 @@ cannot keep the size symbolic through the model as written: detectron2's shapes_
 records the sizes, and torch.linspace(..., steps=H) (modeling/encoder_decoder.py, two_stage.py)
 takes its steps as a plain int; both specialise height and width.
 """
+
 from typing import Tuple
 
 import numpy as np
@@ -43,7 +44,8 @@ class _AOTIWrapper(DetectionExportWrapper):
             raise ValueError(
                 f"the aoti export takes backbones that need no padding, got size_divisibility "
                 f"{backbone.size_divisibility} and padding_constraints "
-                f"{backbone.padding_constraints}")
+                f"{backbone.padding_constraints}"
+            )
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
@@ -52,8 +54,9 @@ class _AOTIWrapper(DetectionExportWrapper):
         images = ImageList(x.unsqueeze(0), [(h, w)])
         mask = x.new_zeros((1, h, w), dtype=torch.bool)
         outputs = model.predict(images, mask)
-        (result,) = model.inference(outputs["pred_logits"], outputs["pred_boxes"],
-                                    images.image_sizes)
+        (result,) = model.inference(
+            outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes
+        )
         # detector_postprocess at the image's own size (scale 1): clip, drop empty boxes; its
         # Boxes.clip asserts finite boxes, a data-dependent check export cannot follow
         x1, y1, x2, y2 = result.pred_boxes.tensor.unbind(1)

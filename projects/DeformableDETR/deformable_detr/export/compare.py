@@ -2,6 +2,7 @@
 
 Shapes: R detections; boxes (R, 4) xyxy in pixels, scores (R,), classes (R,).
 """
+
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -19,14 +20,20 @@ def _pair(expected, actual, order, score_tolerance, box_tolerance_px) -> Dict:
     score_diff = float(np.abs(es - as_).max(initial=0.0))
     box_diff = float(np.abs(eb - ab).max(initial=0.0))
     classes_agree = bool(np.array_equal(ec, ac))
-    return dict(max_score_diff=score_diff, max_box_diff=box_diff, classes_agree=classes_agree,
-                ok=classes_agree and score_diff <= score_tolerance
-                and box_diff <= box_tolerance_px)
+    return dict(
+        max_score_diff=score_diff,
+        max_box_diff=box_diff,
+        classes_agree=classes_agree,
+        ok=classes_agree and score_diff <= score_tolerance and box_diff <= box_tolerance_px,
+    )
 
 
-def compare_detections(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray],
-                       score_tolerance: float = SCORE_TOLERANCE,
-                       box_tolerance_px: float = BOX_TOLERANCE_PX) -> Dict:
+def compare_detections(
+    expected: Sequence[np.ndarray],
+    actual: Sequence[np.ndarray],
+    score_tolerance: float = SCORE_TOLERANCE,
+    box_tolerance_px: float = BOX_TOLERANCE_PX,
+) -> Dict:
     """Pairs each actual detection with one expected detection and reports the worst pair.
 
     Both are (boxes, scores, classes), sorted by score as the model returns them. Detections are
@@ -43,8 +50,13 @@ def compare_detections(expected: Sequence[np.ndarray], actual: Sequence[np.ndarr
     actual = tuple(np.asarray(x) for x in actual)
     (eb, es, ec), (ab, as_, ac) = expected, actual
     if len(es) != len(as_):
-        return dict(count=(len(es), len(as_)), max_score_diff=float("inf"),
-                    max_box_diff=float("inf"), classes_agree=False, ok=False)
+        return dict(
+            count=(len(es), len(as_)),
+            max_score_diff=float("inf"),
+            max_box_diff=float("inf"),
+            classes_agree=False,
+            ok=False,
+        )
     tolerances = (score_tolerance, box_tolerance_px)
     result = _pair(expected, actual, np.arange(len(es)), *tolerances)
     if not result["ok"]:

@@ -2,6 +2,7 @@
 
 Shapes: H x W the image's size at the test-time resize, R detections.
 """
+
 import contextlib
 import io
 import warnings
@@ -14,8 +15,15 @@ from torch import nn
 from .onnx_symbolic import ONNX_OPSET, register_ms_deform_attn_symbolic
 from .wrapper import DetectionExportWrapper
 
-__all__ = ["export_onnx", "export_torchscript", "onnx_bytes", "run_onnx", "run_torchscript",
-           "ONNX_INPUT", "ONNX_OUTPUTS"]
+__all__ = [
+    "export_onnx",
+    "export_torchscript",
+    "onnx_bytes",
+    "run_onnx",
+    "run_torchscript",
+    "ONNX_INPUT",
+    "ONNX_OUTPUTS",
+]
 
 ONNX_INPUT = "image"
 ONNX_OUTPUTS = ("boxes", "scores", "classes")
@@ -31,12 +39,15 @@ def _quiet_export():
     (TorchScript is the format asked for)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="The feature will be removed",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="`torch.jit.* is deprecated",
-                                category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="The feature will be removed", category=DeprecationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="`torch.jit.* is deprecated", category=FutureWarning
+        )
         yield
 
 
@@ -61,10 +72,18 @@ def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
     register_ms_deform_attn_symbolic(ONNX_OPSET)
     with _quiet_export():
         torch.onnx.export(
-            DetectionExportWrapper(model), (image,), path, dynamo=False,
-            opset_version=ONNX_OPSET, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
-            dynamic_axes={ONNX_INPUT: {1: "height", 2: "width"},
-                          **{name: {0: "detections"} for name in ONNX_OUTPUTS}})
+            DetectionExportWrapper(model),
+            (image,),
+            path,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[ONNX_INPUT],
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_axes={
+                ONNX_INPUT: {1: "height", 2: "width"},
+                **{name: {0: "detections"} for name in ONNX_OUTPUTS},
+            },
+        )
 
 
 def onnx_bytes(model: nn.Module, image: torch.Tensor) -> bytes:

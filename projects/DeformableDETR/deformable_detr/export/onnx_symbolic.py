@@ -11,6 +11,7 @@ exported model keeps dynamic image sizes; only L (the number of levels) is fixed
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import torch
 from torch.onnx import symbolic_helper
 
@@ -37,15 +38,18 @@ def _select(g, x, axis, index):
     return g.op("Gather", x, _const(g, index), axis_i=axis)
 
 
-def ms_deform_attn_symbolic(g, value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights):
+def ms_deform_attn_symbolic(
+    g, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+):
     """value (N, S, M, D), spatial_shapes (L, 2) int64 rows (H, W), level_start_index (L,),
     sampling_locations (N, Lq, M, L, P, 2) (x, y) in [0, 1], attention_weights (N, Lq, M, L, P)
     -> (N, Lq, M * D)."""
     num_levels = symbolic_helper._get_tensor_dim_size(sampling_locations, 3)
     if num_levels is None:
-        raise ValueError("ms_deform_attn export needs a static number of levels (dimension 3 of "
-                         "sampling_locations)")
+        raise ValueError(
+            "ms_deform_attn export needs a static number of levels (dimension 3 of "
+            "sampling_locations)"
+        )
     value_shape = g.op("Shape", value)
     N, M, D = (_dim(g, value_shape, i) for i in (0, 2, 3))
     Lq = _dim(g, g.op("Shape", sampling_locations), 1)
@@ -56,8 +60,9 @@ def ms_deform_attn_symbolic(g, value, spatial_shapes, level_start_index, samplin
     bad = g.op("Or", g.op("IsNaN", sampling_locations), g.op("IsInf", sampling_locations))
     locations = g.op("Where", bad, _const(g, _OUTSIDE, torch.float32), sampling_locations)
     # grid_sample's grid spans [-1, 1]; with align_corners=0 its ends are the map's corners
-    grids = g.op("Sub", g.op("Mul", locations, _const(g, 2.0, torch.float32)),
-                 _const(g, 1.0, torch.float32))
+    grids = g.op(
+        "Sub", g.op("Mul", locations, _const(g, 2.0, torch.float32)), _const(g, 1.0, torch.float32)
+    )
     shapes = g.op("Cast", spatial_shapes, to_i=7)  # int64
     starts = g.op("Cast", level_start_index, to_i=7)
     out = None
@@ -74,14 +79,19 @@ def ms_deform_attn_symbolic(g, value, spatial_shapes, level_start_index, samplin
         grid_l = g.op("Transpose", _select(g, grids, 3, lvl), perm_i=[0, 2, 1, 3, 4])
         grid_l = g.op("Reshape", grid_l, g.op("Concat", NM, Lq, P, _const(g, [2]), axis_i=0))
         # (N*M, D, Lq, P)
-        sampled = g.op("GridSample", value_l, grid_l, align_corners_i=0, mode_s="bilinear",
-                       padding_mode_s="zeros")
+        sampled = g.op(
+            "GridSample",
+            value_l,
+            grid_l,
+            align_corners_i=0,
+            mode_s="bilinear",
+            padding_mode_s="zeros",
+        )
         # (N, Lq, M, P) -> (N, M, Lq, P) -> (N*M, 1, Lq, P)
         weights = g.op("Transpose", _select(g, attention_weights, 3, lvl), perm_i=[0, 2, 1, 3])
         weights = g.op("Reshape", weights, g.op("Concat", NM, _const(g, [1]), Lq, P, axis_i=0))
         # (N*M, D, Lq)
-        level_out = g.op("ReduceSum", g.op("Mul", sampled, weights), _const(g, [3]),
-                         keepdims_i=0)
+        level_out = g.op("ReduceSum", g.op("Mul", sampled, weights), _const(g, [3]), keepdims_i=0)
         out = level_out if out is None else g.op("Add", out, level_out)
     # (N*M, D, Lq) -> (N, M*D, Lq) -> (N, Lq, M*D)
     out = g.op("Reshape", out, g.op("Concat", N, g.op("Mul", M, D), Lq, axis_i=0))

@@ -3,6 +3,7 @@
 Shapes: H x W the image's size (already at the test-time resize), R detections kept
 (TEST.DETECTIONS_PER_IMAGE, fewer when boxes are empty after clipping, as in the eager model).
 """
+
 import copy
 from typing import Tuple
 
@@ -31,7 +32,8 @@ class DetectionExportWrapper(nn.Module):
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, mask = self.model.preprocess_image([{"image": image}])
         outputs = self.model.predict(images, mask)
-        (result,) = self.model.inference(outputs["pred_logits"], outputs["pred_boxes"],
-                                         images.image_sizes)
+        (result,) = self.model.inference(
+            outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes
+        )
         result = detector_postprocess(result, image.shape[-2], image.shape[-1])
         return result.pred_boxes.tensor, result.scores, result.pred_classes

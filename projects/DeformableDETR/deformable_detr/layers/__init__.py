@@ -1,5 +1,6 @@
 """Layers: the multi-scale deformable attention op (compiled kernels and reference), its module,
 and the sine position encoding."""
+
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_op import extension_available, kernel_available, ms_deform_attn
 from .ms_deform_attn_ref import ms_deform_attn_pytorch

@@ -5,6 +5,7 @@ offsets and attention weights are predicted from the query itself.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import math
 
 import torch
@@ -27,14 +28,22 @@ class MSDeformAttn(nn.Module):
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
-        for name, v in (("d_model", d_model), ("n_levels", n_levels), ("n_heads", n_heads),
-                        ("n_points", n_points)):
+        for name, v in (
+            ("d_model", d_model),
+            ("n_levels", n_levels),
+            ("n_heads", n_heads),
+            ("n_points", n_points),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_levels, self.n_heads, self.n_points = (
-            d_model, n_levels, n_heads, n_points)
+            d_model,
+            n_levels,
+            n_heads,
+            n_points,
+        )
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -71,8 +80,11 @@ class MSDeformAttn(nn.Module):
                 f"got {tuple(value.shape)}"
             )
         expected = (query.shape[0], query.shape[1], L)
-        if (reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != expected
-                or reference_points.shape[-1] not in (2, 4)):
+        if (
+            reference_points.dim() != 4
+            or tuple(reference_points.shape[:3]) != expected
+            or reference_points.shape[-1] not in (2, 4)
+        ):
             raise ValueError(
                 f"reference_points must be (N, Lq, L, 2) or (N, Lq, L, 4) with (N, Lq, L) = "
                 f"{expected}, got {tuple(reference_points.shape)}"
@@ -86,8 +98,9 @@ class MSDeformAttn(nn.Module):
                     f"got {tuple(padding_mask.shape)}"
                 )
 
-    def forward(self, query, reference_points, value, spatial_shapes, level_start_index,
-                padding_mask=None):
+    def forward(
+        self, query, reference_points, value, spatial_shapes, level_start_index, padding_mask=None
+    ):
         """
         Args:
             query: (N, Lq, C).
@@ -123,6 +136,5 @@ class MSDeformAttn(nn.Module):
         else:
             locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
         # the shapes are checked above and the levels are the caller's: no second check
-        out = ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, locations,
-                                       weights)
+        out = ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)

@@ -5,6 +5,7 @@ names the argument, what was expected and what was given.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import torch
 
 __all__ = ["check_ms_deform_attn_inputs"]
@@ -47,8 +48,13 @@ def check_ms_deform_attn_inputs(
     The checks of values (spatial_shapes against S, level_start_index against spatial_shapes)
     need the data, so they are skipped while torch.compile or torch.export trace.
     """
-    names = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-             "attention_weights")
+    names = (
+        "value",
+        "spatial_shapes",
+        "level_start_index",
+        "sampling_locations",
+        "attention_weights",
+    )
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, x in zip(names, tensors):
         _require_tensor(name, x)
@@ -72,9 +78,7 @@ def check_ms_deform_attn_inputs(
     N, S, M, D = value.shape
     loc_shape = tuple(sampling_locations.shape)
     if loc_shape[5] != 2:
-        raise ValueError(
-            f"sampling_locations must end in (x, y), size 2; got shape {loc_shape}"
-        )
+        raise ValueError(f"sampling_locations must end in (x, y), size 2; got shape {loc_shape}")
     if loc_shape[0] != N or loc_shape[2] != M:
         raise ValueError(
             f"sampling_locations (N, Lq, M, L, P, 2) = {loc_shape} disagrees with value "
@@ -100,7 +104,7 @@ def check_ms_deform_attn_inputs(
     # one read-back of both index tensors: a single device sync per call on the GPU
     both = torch.cat([spatial_shapes.flatten(), level_start_index.to(spatial_shapes.dtype)])
     flat = both.tolist()
-    shapes, given_starts = [flat[2 * i:2 * i + 2] for i in range(L)], flat[2 * L:]
+    shapes, given_starts = [flat[2 * i : 2 * i + 2] for i in range(L)], flat[2 * L :]
     if any(h < 1 or w < 1 for h, w in shapes):
         raise ValueError(f"spatial_shapes must hold positive (H, W) rows, got {shapes}")
     sizes = [h * w for h, w in shapes]

@@ -7,6 +7,7 @@ torch.compile and torch.export see a single operator with known output shapes.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import logging
 import warnings
 
@@ -15,8 +16,7 @@ import torch
 from .ms_deform_attn_checks import check_ms_deform_attn_inputs
 from .ms_deform_attn_ref import ms_deform_attn_pytorch
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_unchecked", "extension_available",
-           "kernel_available"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_unchecked", "extension_available", "kernel_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,31 +59,40 @@ def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
 def _warn_once(reason: str):
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"ms_deform_attn: {reason}; using the slower PyTorch reference.")
+        warnings.warn(
+            f"ms_deform_attn: {reason}; using the slower PyTorch reference.", stacklevel=3
+        )
 
 
 if extension_available():
 
     @torch.library.register_fake(_OP_NAME)
-    def _forward_fake(value, spatial_shapes, level_start_index, sampling_locations,
-                      attention_weights):
+    def _forward_fake(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    ):
         N, _, M, D = value.shape
         Lq = sampling_locations.shape[1]
         return value.new_empty((N, Lq, M * D))
 
     @torch.library.register_fake(_OP_NAME + "_backward")
-    def _backward_fake(value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights, grad_output):
-        return (torch.empty_like(value), torch.empty_like(sampling_locations),
-                torch.empty_like(attention_weights))
+    def _backward_fake(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output
+    ):
+        return (
+            torch.empty_like(value),
+            torch.empty_like(sampling_locations),
+            torch.empty_like(attention_weights),
+        )
 
     def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
     def _backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
-        grad_value, grad_locations, grad_weights = torch.ops.deformable_detr.ms_deform_attn_backward(
-            value, spatial_shapes, level_start_index, locations, weights, grad_output
+        grad_value, grad_locations, grad_weights = (
+            torch.ops.deformable_detr.ms_deform_attn_backward(
+                value, spatial_shapes, level_start_index, locations, weights, grad_output
+            )
         )
         return grad_value, None, None, grad_locations, grad_weights
 
@@ -101,8 +110,11 @@ def _compute_dtypes(value, sampling_locations, attention_weights):
         value_dtype = value.dtype
     else:
         value_dtype = location_dtype = torch.promote_types(value.dtype, location_dtype)
-    return (value.to(value_dtype), sampling_locations.to(location_dtype),
-            attention_weights.to(location_dtype))
+    return (
+        value.to(value_dtype),
+        sampling_locations.to(location_dtype),
+        attention_weights.to(location_dtype),
+    )
 
 
 def ms_deform_attn(
@@ -135,17 +147,20 @@ def ms_deform_attn(
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
-    return ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, sampling_locations,
-                                    attention_weights)
+    return ms_deform_attn_unchecked(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
 
 
-def ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, sampling_locations,
-                             attention_weights) -> torch.Tensor:
+def ms_deform_attn_unchecked(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+) -> torch.Tensor:
     """ms_deform_attn() without its input checks, for callers whose inputs are right by
     construction (MSDeformAttn): no device sync to read spatial_shapes back. The C++ entry points
     still check what reaches the kernels."""
     value, sampling_locations, attention_weights = _compute_dtypes(
-        value, sampling_locations, attention_weights)
+        value, sampling_locations, attention_weights
+    )
     N, _, M, D = value.shape
     Lq = sampling_locations.shape[1]
     if N == 0 or Lq == 0:
@@ -154,7 +169,10 @@ def ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, sampling_
         return value.new_zeros((N, Lq, M * D)) + zero.to(value.dtype)
     if kernel_available(value.device, value.dtype):
         return torch.ops.deformable_detr.ms_deform_attn(
-            value, spatial_shapes.long(), level_start_index.long(), sampling_locations,
+            value,
+            spatial_shapes.long(),
+            level_start_index.long(),
+            sampling_locations,
             attention_weights,
         )
     if not extension_available():

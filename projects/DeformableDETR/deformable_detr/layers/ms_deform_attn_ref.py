@@ -6,6 +6,7 @@ kernel exists for a device or dtype.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import Sequence, Tuple, Union
 
 import torch

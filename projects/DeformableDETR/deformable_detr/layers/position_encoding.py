@@ -7,6 +7,7 @@ Transformer (Vaswani et al., 2017), one half of the channels per axis.
 Shapes: see the legend in deformable_detr/__init__.py; here H x W is the feature map's size and
 the output has C = 2F channels.
 """
+
 import math
 
 import torch
@@ -15,8 +16,9 @@ from torch import nn
 __all__ = ["PositionEmbeddingSine", "sine_embedding"]
 
 
-def sine_embedding(coords: torch.Tensor, num_feats: int, temperature: float = 10000
-                   ) -> torch.Tensor:
+def sine_embedding(
+    coords: torch.Tensor, num_feats: int, temperature: float = 10000
+) -> torch.Tensor:
     """(...) coordinates -> (..., F), F = num_feats: channel 2k is sin(p / T^(2k/F)) and channel
     2k+1 cos(p / T^(2k/F)), p the coordinate and T the temperature."""
     dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
@@ -37,8 +39,13 @@ class PositionEmbeddingSine(nn.Module):
         scale: the range the normalised coordinates span (2 pi in the release).
     """
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000,
-                 normalize: bool = True, scale: float = 2 * math.pi):
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000,
+        normalize: bool = True,
+        scale: float = 2 * math.pi,
+    ):
         super().__init__()
         if not isinstance(num_pos_feats, int) or num_pos_feats < 2 or num_pos_feats % 2:
             raise ValueError(f"num_pos_feats must be a positive even int, got {num_pos_feats!r}")

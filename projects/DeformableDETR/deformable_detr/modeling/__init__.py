@@ -1,6 +1,7 @@
 """The model: backbone builder, neck, deformable transformer, heads, matcher, criterion and the
 meta-architecture. Importing this package registers them in Detectron2's and this project's
 registries."""
+
 from .backbones import build_deformable_detr_resnet_backbone
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher

@@ -4,6 +4,7 @@ matched pairs (and, for the class scores, every unmatched query as background).
 Shapes: see the legend in deformable_detr/__init__.py (the encoder's proposals: S in place of
 Q; A matched pairs).
 """
+
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -31,14 +32,17 @@ def _matched_targets(targets: Sequence[Mapping], indices: Indices, key: str) -> 
     return torch.cat([t[key][tgt.to(t[key].device)] for t, (_, tgt) in zip(targets, indices)])
 
 
-def _check_layer(outputs: Mapping, name: str, num_images: Optional[int],
-                 num_classes: Optional[int]) -> Tuple[int, int]:
+def _check_layer(
+    outputs: Mapping, name: str, num_images: Optional[int], num_classes: Optional[int]
+) -> Tuple[int, int]:
     """check_set_outputs, and that N and K are as given (None: any). Returns (N, K)."""
     N, K = check_set_outputs(outputs, name)
     if num_images not in (None, N) or num_classes not in (None, K):
-        raise ValueError(f"{name}['pred_logits'] must be (N, Q, K) with N = {num_images or 'any'}"
-                         f" and K = {num_classes or 'any'}, got "
-                         f"{tuple(outputs['pred_logits'].shape)}")
+        raise ValueError(
+            f"{name}['pred_logits'] must be (N, Q, K) with N = {num_images or 'any'}"
+            f" and K = {num_classes or 'any'}, got "
+            f"{tuple(outputs['pred_logits'].shape)}"
+        )
     return N, K
 
 
@@ -57,9 +61,15 @@ class SetCriterion(nn.Module):
         focal_alpha, focal_gamma: of the sigmoid focal loss of "labels".
     """
 
-    def __init__(self, num_classes: int, matcher: Callable, weight_dict: Mapping[str, float],
-                 losses: Sequence[str] = ("labels", "boxes"), focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0):
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: Callable,
+        weight_dict: Mapping[str, float],
+        losses: Sequence[str] = ("labels", "boxes"),
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -69,8 +79,10 @@ class SetCriterion(nn.Module):
             raise TypeError(f"losses must be a sequence of names, got {losses!r}")
         unknown = [name for name in losses if name not in self._LOSSES]
         if unknown or not losses:
-            raise ValueError(f"losses must be a non-empty selection of {sorted(self._LOSSES)}, "
-                             f"got {list(losses)}")
+            raise ValueError(
+                f"losses must be a non-empty selection of {sorted(self._LOSSES)}, "
+                f"got {list(losses)}"
+            )
         if not isinstance(weight_dict, Mapping):
             raise TypeError(f"weight_dict must be a dict, got {type(weight_dict).__name__}")
         known_terms = {term for terms in self._TERMS.values() for term in terms}
@@ -78,9 +90,11 @@ class SetCriterion(nn.Module):
         missing = [term for term in needed if term not in weight_dict]
         extra = sorted(set(weight_dict) - known_terms)
         if missing or extra:
-            raise ValueError(f"weight_dict must give a weight to each of {needed} (other known "
-                             f"terms: {sorted(known_terms - set(needed))}), "
-                             f"got {dict(weight_dict)}")
+            raise ValueError(
+                f"weight_dict must give a weight to each of {needed} (other known "
+                f"terms: {sorted(known_terms - set(needed))}), "
+                f"got {dict(weight_dict)}"
+            )
         for term, w in weight_dict.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)):
                 raise TypeError(f"weight_dict[{term!r}] must be a number, got {w!r}")
@@ -91,8 +105,13 @@ class SetCriterion(nn.Module):
         self.losses = tuple(losses)
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
 
-    def loss_labels(self, outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping],
-                    indices: Indices, num_boxes: float) -> Dict[str, torch.Tensor]:
+    def loss_labels(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Sequence[Mapping],
+        indices: Indices,
+        num_boxes: float,
+    ) -> Dict[str, torch.Tensor]:
         """Sigmoid focal loss of every (query, class) score against one-hot targets: 1 at a
         matched query's target class, 0 elsewhere; summed and divided by num_boxes.
 
@@ -102,14 +121,21 @@ class SetCriterion(nn.Module):
         logits = outputs["pred_logits"]
         onehot = torch.zeros_like(logits)
         image_idx, query_idx = _matched_pairs(indices, logits.device)
-        onehot[image_idx, query_idx, _matched_targets(targets, indices, "labels").to(
-            logits.device)] = 1
-        loss = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
-                                  reduction="sum")
+        onehot[
+            image_idx, query_idx, _matched_targets(targets, indices, "labels").to(logits.device)
+        ] = 1
+        loss = sigmoid_focal_loss(
+            logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
         return {"loss_ce": loss / num_boxes}
 
-    def loss_boxes(self, outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping],
-                   indices: Indices, num_boxes: float) -> Dict[str, torch.Tensor]:
+    def loss_boxes(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Sequence[Mapping],
+        indices: Indices,
+        num_boxes: float,
+    ) -> Dict[str, torch.Tensor]:
         """L1 of the matched (cx, cy, w, h) and 1 - GIoU of the matched boxes, each summed and
         divided by num_boxes.
 
@@ -120,8 +146,9 @@ class SetCriterion(nn.Module):
         gt = _matched_targets(targets, indices, "boxes").to(pred)  # (A, 4)
         loss_bbox = F.l1_loss(pred, gt, reduction="sum")
         # generalized_box_iou is pairwise, (A, A); the matched pairs are its diagonal.
-        giou = generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"),
-                                   box_convert(gt, "cxcywh", "xyxy")).diagonal()
+        giou = generalized_box_iou(
+            box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy")
+        ).diagonal()
         return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": (1 - giou).sum() / num_boxes}
 
     # name -> the method computing it, and the loss terms it returns.
@@ -139,21 +166,28 @@ class SetCriterion(nn.Module):
             world_size = dist.get_world_size()
         return torch.clamp(count / world_size, min=1).item()
 
-    def _set_losses(self, outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping],
-                    num_boxes: float, suffix: str) -> Dict[str, torch.Tensor]:
+    def _set_losses(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Sequence[Mapping],
+        num_boxes: float,
+        suffix: str,
+    ) -> Dict[str, torch.Tensor]:
         """Matches one set of predictions and returns its weighted losses, names + suffix."""
         # forward() has checked outputs and targets: a HungarianMatcher need not check again
         match = self.matcher.match if isinstance(self.matcher, HungarianMatcher) else self.matcher
         indices = match(outputs, targets)
         losses = {}
         for name in self.losses:
-            for term, value in self._LOSSES[name](self, outputs, targets, indices,
-                                                  num_boxes).items():
+            for term, value in self._LOSSES[name](
+                self, outputs, targets, indices, num_boxes
+            ).items():
                 losses[term + suffix] = value * self.weight_dict[term]
         return losses
 
-    def forward(self, outputs: Mapping, targets: List[Dict[str, torch.Tensor]]
-                ) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: Mapping, targets: List[Dict[str, torch.Tensor]]
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: {"pred_logits": (N, Q, K), "pred_boxes": (N, Q, 4)} of the last decoder
@@ -169,8 +203,9 @@ class SetCriterion(nn.Module):
         check_targets(targets, N, self.num_classes)
         aux = outputs.get("aux_outputs", [])
         if not isinstance(aux, Sequence):
-            raise TypeError(f"outputs['aux_outputs'] must be a list of dicts, got "
-                            f"{type(aux).__name__}")
+            raise TypeError(
+                f"outputs['aux_outputs'] must be a list of dicts, got {type(aux).__name__}"
+            )
         for i, layer in enumerate(aux):
             _check_layer(layer, f"outputs['aux_outputs'][{i}]", N, self.num_classes)
         if "enc_outputs" in outputs:

@@ -3,6 +3,7 @@ every decoder layer (box refinement).
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import Sequence, Tuple
 
 import torch
@@ -46,7 +47,9 @@ class DeformableEncoder(nn.Module):
 
     def __init__(self, num_layers: int, **layer_kwargs):
         super().__init__()
-        self.layers = nn.ModuleList(DeformableEncoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(**layer_kwargs) for _ in range(num_layers)
+        )
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, levels: Levels) -> torch.Tensor:
         """src, pos: (N, S, C) -> memory (N, S, C)."""
@@ -65,10 +68,13 @@ class DeformableDecoder(nn.Module):
 
     def __init__(self, num_layers: int, **layer_kwargs):
         super().__init__()
-        self.layers = nn.ModuleList(DeformableDecoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DeformableDecoderLayer(**layer_kwargs) for _ in range(num_layers)
+        )
 
-    def forward(self, queries: Queries, memory: torch.Tensor, levels: Levels,
-                heads: DetectionHeads) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: Queries, memory: torch.Tensor, levels: Levels, heads: DetectionHeads
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             queries: the object queries and their reference points or boxes.
@@ -87,8 +93,15 @@ class DeformableDecoder(nn.Module):
                 ratios = torch.cat([ratios, ratios], -1)  # (N, L, 4): (w, h) for (cx, cy, w, h)
             # (N, Q, 2|4) -> (N, Q, L, 2|4)
             reference_input = reference[:, :, None] * ratios[:, None]
-            tgt = layer(tgt, queries.position, reference_input, memory, levels.shapes,
-                        levels.starts, levels.mask)
+            tgt = layer(
+                tgt,
+                queries.position,
+                reference_input,
+                memory,
+                levels.shapes,
+                levels.starts,
+                levels.mask,
+            )
             layer_boxes = heads.boxes(i, tgt, reference)
             if heads.refine:
                 reference = layer_boxes.detach()

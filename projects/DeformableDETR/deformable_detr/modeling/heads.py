@@ -3,10 +3,9 @@ mode one more pair that scores and places the encoder's proposals.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import copy
 import math
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,8 +71,9 @@ class DetectionHeads(nn.Module):
     proposal heads at i = J.
     """
 
-    def __init__(self, d_model: int, num_classes: int, num_layers: int, refine: bool,
-                 two_stage: bool):
+    def __init__(
+        self, d_model: int, num_classes: int, num_layers: int, refine: bool, two_stage: bool
+    ):
         super().__init__()
         self.num_layers, self.refine, self.two_stage = num_layers, refine, two_stage
         class_head = nn.Linear(d_model, num_classes)

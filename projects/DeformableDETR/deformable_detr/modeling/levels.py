@@ -3,6 +3,7 @@ valid on each level: computed once here, read by the encoder, the queries and th
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import List, NamedTuple, Tuple
 
 import torch
@@ -20,6 +21,7 @@ class Levels(NamedTuple):
     valid: (N, L, 2) int64 valid width and height of each image on each level; ratios: (N, L, 2)
     float32 the same over the level's padded width and height.
     """
+
     sizes: List[Tuple[int, int]]
     shapes: torch.Tensor
     starts: torch.Tensor
@@ -28,8 +30,12 @@ class Levels(NamedTuple):
     ratios: torch.Tensor
 
 
-def flatten_levels(srcs: List[torch.Tensor], masks: List[torch.Tensor], pos: List[torch.Tensor],
-                   level_embed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Levels]:
+def flatten_levels(
+    srcs: List[torch.Tensor],
+    masks: List[torch.Tensor],
+    pos: List[torch.Tensor],
+    level_embed: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, Levels]:
     """
     Args:
         srcs, pos: L tensors (N, C, H_l, W_l); masks: L bools (N, H_l, W_l), True at padding;
@@ -40,8 +46,13 @@ def flatten_levels(srcs: List[torch.Tensor], masks: List[torch.Tensor], pos: Lis
     sizes = [tuple(s.shape[-2:]) for s in srcs]
     # (N, C, H, W) -> (N, H*W, C), concatenated over levels -> (N, S, C)
     src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
-    pos = torch.cat([p.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1)
-                     for lvl, p in enumerate(pos)], 1)
+    pos = torch.cat(
+        [
+            p.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1)
+            for lvl, p in enumerate(pos)
+        ],
+        1,
+    )
     mask = torch.cat([m.flatten(1) for m in masks], 1)  # (N, S)
     # from the shapes by traceable ops (torch.as_tensor would record constants)
     shapes = torch.stack([shapes_to_tensor(list(size), src.device) for size in sizes])

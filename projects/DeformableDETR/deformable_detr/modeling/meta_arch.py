@@ -2,6 +2,7 @@
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import math
 from typing import Dict, List
 
@@ -41,21 +42,40 @@ class DeformableDETR(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, backbone, neck, position_embedding, transformer, criterion,
-                 aux_loss: bool, pixel_mean, pixel_std, detections_per_image: int = 100,
-                 batch_invariant_inference: bool = True):
+    def __init__(
+        self,
+        *,
+        backbone,
+        neck,
+        position_embedding,
+        transformer,
+        criterion,
+        aux_loss: bool,
+        pixel_mean,
+        pixel_std,
+        detections_per_image: int = 100,
+        batch_invariant_inference: bool = True,
+    ):
         super().__init__()
-        if (not isinstance(detections_per_image, int) or isinstance(detections_per_image, bool)
-                or detections_per_image < 1):
-            raise ValueError(f"detections_per_image (TEST.DETECTIONS_PER_IMAGE) must be an int "
-                             f">= 1, got {detections_per_image!r}")
+        if (
+            not isinstance(detections_per_image, int)
+            or isinstance(detections_per_image, bool)
+            or detections_per_image < 1
+        ):
+            raise ValueError(
+                f"detections_per_image (TEST.DETECTIONS_PER_IMAGE) must be an int "
+                f">= 1, got {detections_per_image!r}"
+            )
         if len(pixel_mean) != len(pixel_std) or not pixel_mean:
-            raise ValueError(f"pixel_mean and pixel_std (MODEL.PIXEL_MEAN / PIXEL_STD) need one "
-                             f"value per image channel each, got {list(pixel_mean)} and "
-                             f"{list(pixel_std)}")
+            raise ValueError(
+                f"pixel_mean and pixel_std (MODEL.PIXEL_MEAN / PIXEL_STD) need one "
+                f"value per image channel each, got {list(pixel_mean)} and "
+                f"{list(pixel_std)}"
+            )
         if not all(math.isfinite(s) and s > 0 for s in pixel_std):
-            raise ValueError(f"pixel_std (MODEL.PIXEL_STD) must be finite and > 0, got "
-                             f"{list(pixel_std)}")
+            raise ValueError(
+                f"pixel_std (MODEL.PIXEL_STD) must be finite and > 0, got {list(pixel_std)}"
+            )
         self.backbone = backbone
         self.neck = neck
         self.position_embedding = position_embedding
@@ -72,22 +92,40 @@ class DeformableDETR(nn.Module):
     def from_config(cls, cfg):
         c = cfg.MODEL.DEFORMABLE_DETR
         if cfg.INPUT.FORMAT in ("RGB", "BGR") and len(cfg.MODEL.PIXEL_MEAN) != 3:
-            raise ValueError(f"MODEL.PIXEL_MEAN must have 3 values for INPUT.FORMAT "
-                             f"{cfg.INPUT.FORMAT!r} (one per channel), got {cfg.MODEL.PIXEL_MEAN}")
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN must have 3 values for INPUT.FORMAT "
+                f"{cfg.INPUT.FORMAT!r} (one per channel), got {cfg.MODEL.PIXEL_MEAN}"
+            )
         backbone = build_backbone(cfg)
         matcher = HungarianMatcher(
-            cost_class=c.SET_COST_CLASS, cost_bbox=c.SET_COST_BBOX, cost_giou=c.SET_COST_GIOU,
-            focal_alpha=c.FOCAL_ALPHA, focal_gamma=c.FOCAL_GAMMA)
-        weight_dict = {"loss_ce": c.CLASS_LOSS_COEF, "loss_bbox": c.BBOX_LOSS_COEF,
-                       "loss_giou": c.GIOU_LOSS_COEF}
-        criterion = SetCriterion(c.NUM_CLASSES, matcher, weight_dict, losses=tuple(c.LOSSES),
-                                 focal_alpha=c.FOCAL_ALPHA, focal_gamma=c.FOCAL_GAMMA)
+            cost_class=c.SET_COST_CLASS,
+            cost_bbox=c.SET_COST_BBOX,
+            cost_giou=c.SET_COST_GIOU,
+            focal_alpha=c.FOCAL_ALPHA,
+            focal_gamma=c.FOCAL_GAMMA,
+        )
+        weight_dict = {
+            "loss_ce": c.CLASS_LOSS_COEF,
+            "loss_bbox": c.BBOX_LOSS_COEF,
+            "loss_giou": c.GIOU_LOSS_COEF,
+        }
+        criterion = SetCriterion(
+            c.NUM_CLASSES,
+            matcher,
+            weight_dict,
+            losses=tuple(c.LOSSES),
+            focal_alpha=c.FOCAL_ALPHA,
+            focal_gamma=c.FOCAL_GAMMA,
+        )
         return dict(
             backbone=backbone,
             neck=build_neck(cfg, backbone.output_shape()),
             position_embedding=PositionEmbeddingSine(
-                c.HIDDEN_DIM // 2, temperature=c.POSITION_TEMPERATURE, normalize=True,
-                scale=c.POSITION_SCALE),
+                c.HIDDEN_DIM // 2,
+                temperature=c.POSITION_TEMPERATURE,
+                normalize=True,
+                scale=c.POSITION_SCALE,
+            ),
             transformer=build_transformer(cfg),
             criterion=criterion,
             aux_loss=c.AUX_LOSS,
@@ -104,11 +142,14 @@ class DeformableDETR(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]):
         """Normalises and pads the images. Returns the ImageList and the padding mask
         (N, H_pad, W_pad), True outside each image's own size."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         images = ImageList.from_tensors(
-            images, self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints)
+            images,
+            self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints,
+        )
         N, _, H, W = images.tensor.shape
         mask = torch.ones((N, H, W), dtype=torch.bool, device=self.device)
         for i, (h, w) in enumerate(images.image_sizes):
@@ -129,8 +170,9 @@ class DeformableDETR(nn.Module):
         logits, boxes = out["logits"], out["boxes"]  # (J, N, Q, K), (J, N, Q, 4)
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
-            outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
-                                      for a, b in zip(logits[:-1], boxes[:-1])]
+            outputs["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ]
         if "proposals" in out:
             outputs["enc_outputs"] = out["proposals"]
         return outputs

@@ -4,6 +4,7 @@ adds coarser levels, with the image's padding mask downsampled to every level (a
 Shapes: see the legend in deformable_detr/__init__.py (C_f channels and H_f x W_f size of backbone
 map f).
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -52,8 +53,14 @@ class DeformableDETRNeck(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, input_shape: Dict[str, ShapeSpec], in_features: List[str],
-                 hidden_dim: int = 256, num_feature_levels: int = 4):
+    def __init__(
+        self,
+        *,
+        input_shape: Dict[str, ShapeSpec],
+        in_features: List[str],
+        hidden_dim: int = 256,
+        num_feature_levels: int = 4,
+    ):
         super().__init__()
         in_features = list(in_features)
         if not in_features:
@@ -70,7 +77,8 @@ class DeformableDETRNeck(nn.Module):
                 raise ValueError(
                     f"in_features must go from high to low resolution (non-decreasing stride), "
                     f"got {in_features} with strides {strides}: {f1!r} (stride {s1}) comes after "
-                    f"{f0!r} (stride {s0})")
+                    f"{f0!r} (stride {s0})"
+                )
         if not isinstance(hidden_dim, int) or hidden_dim < 32 or hidden_dim % 32:
             raise ValueError(
                 f"hidden_dim must be a positive multiple of 32 (GroupNorm groups), "
@@ -93,10 +101,12 @@ class DeformableDETRNeck(nn.Module):
         ]
         in_channels = input_shape[in_features[-1]].channels
         for _ in range(num_feature_levels - len(in_features)):
-            projections.append(nn.Sequential(
-                nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                nn.GroupNorm(32, hidden_dim),
-            ))
+            projections.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                    nn.GroupNorm(32, hidden_dim),
+                )
+            )
             in_channels = hidden_dim
         self.input_proj = nn.ModuleList(projections)
         self.reset_parameters()
@@ -105,7 +115,9 @@ class DeformableDETRNeck(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         c = cfg.MODEL.DEFORMABLE_DETR
         return dict(
-            input_shape=input_shape, in_features=c.IN_FEATURES, hidden_dim=c.HIDDEN_DIM,
+            input_shape=input_shape,
+            in_features=c.IN_FEATURES,
+            hidden_dim=c.HIDDEN_DIM,
             num_feature_levels=c.NUM_FEATURE_LEVELS,
         )
 
@@ -116,8 +128,9 @@ class DeformableDETRNeck(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.zeros_(proj[0].bias)
 
-    def forward(self, features: Dict[str, torch.Tensor], mask: torch.Tensor
-                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(
+        self, features: Dict[str, torch.Tensor], mask: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """
         Args:
             features: backbone maps by name, each (N, C_f, H_f, W_f); must hold in_features.

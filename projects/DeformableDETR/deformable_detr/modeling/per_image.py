@@ -10,6 +10,7 @@ transformer ignores.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -19,8 +20,9 @@ from torch import nn
 __all__ = ["features_per_image"]
 
 
-def features_per_image(backbone: nn.Module, neck: nn.Module, images: ImageList,
-                       mask: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def features_per_image(
+    backbone: nn.Module, neck: nn.Module, images: ImageList, mask: torch.Tensor
+) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """The neck's levels of each image computed at its own size, padded to a common size.
 
     Args:
@@ -38,9 +40,11 @@ def features_per_image(backbone: nn.Module, neck: nn.Module, images: ImageList,
     per_group = []  # (indices, srcs, masks) with srcs L x (G, C, h_l, w_l)
     for (h, w), index in groups.items():
         # each image cut back to its own size, then padded as the backbone asks, as at batch 1
-        group = ImageList.from_tensors([images.tensor[i, :, :h, :w] for i in index],
-                                       backbone.size_divisibility,
-                                       padding_constraints=backbone.padding_constraints)
+        group = ImageList.from_tensors(
+            [images.tensor[i, :, :h, :w] for i in index],
+            backbone.size_divisibility,
+            padding_constraints=backbone.padding_constraints,
+        )
         H, W = group.tensor.shape[-2:]
         srcs, masks = neck(backbone(group.tensor), mask[index, :H, :W])
         per_group.append((index, srcs, masks))

@@ -3,6 +3,7 @@
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 import math
 from typing import Dict, NamedTuple, Optional
 
@@ -21,6 +22,7 @@ class Queries(NamedTuple):
     """What the decoder starts from: content (N, Q, C), position (N, Q, C), reference (N, Q, 2)
     points or (N, Q, 4) boxes in [0, 1] of the valid image; `proposals` (two-stage only):
     {"pred_logits": (N, S, K), "pred_boxes": (N, S, 4)} of every encoder pixel."""
+
     content: torch.Tensor
     position: torch.Tensor
     reference: torch.Tensor
@@ -62,8 +64,9 @@ class ObjectQueries(nn.Module):
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.zeros_(self.reference_points.bias)
 
-    def forward(self, memory: torch.Tensor, levels: Levels, heads: DetectionHeads,
-                rank_padding: bool) -> Queries:
+    def forward(
+        self, memory: torch.Tensor, levels: Levels, heads: DetectionHeads, rank_padding: bool
+    ) -> Queries:
         """
         Args:
             memory: (N, S, C) encoder output.

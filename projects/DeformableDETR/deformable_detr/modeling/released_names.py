@@ -14,6 +14,7 @@ too), so that checkpoints, converters and released weights see one layout:
 
 named_parameters() gives the module names.
 """
+
 from typing import Dict
 
 from torch import nn
@@ -25,21 +26,31 @@ RELEASED_NAMES = (
     ("transformer.heads.class_embed.", "class_embed."),
     ("transformer.heads.bbox_embed.", "bbox_embed."),
     ("transformer.queries.query_embed.", "query_embed."),
-    *((f"transformer.queries.{layer}.", f"transformer.{layer}.") for layer in (
-        "reference_points", "enc_output", "enc_output_norm", "pos_trans", "pos_trans_norm")),
+    *(
+        (f"transformer.queries.{layer}.", f"transformer.{layer}.")
+        for layer in (
+            "reference_points",
+            "enc_output",
+            "enc_output_norm",
+            "pos_trans",
+            "pos_trans_norm",
+        )
+    ),
 )
 
 
 def _rename(state_dict: Dict, prefix: str, to_released: bool) -> None:
     """Renames the keys under `prefix` in place, keeping their order."""
-    pairs = [(prefix + a, prefix + b) if to_released else (prefix + b, prefix + a)
-             for a, b in RELEASED_NAMES]
+    pairs = [
+        (prefix + a, prefix + b) if to_released else (prefix + b, prefix + a)
+        for a, b in RELEASED_NAMES
+    ]
     items = list(state_dict.items())
     state_dict.clear()
     for key, value in items:
         for old, new in pairs:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         state_dict[key] = value
 

@@ -4,6 +4,7 @@ every layer the detection heads read out.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import Dict, List
 
 import torch
@@ -34,11 +35,17 @@ def build_transformer(cfg):
 
 # (argument, its key under MODEL.DEFORMABLE_DETR, least value) of the transformer's sizes
 _SIZES = (
-    ("num_classes", "NUM_CLASSES", 1), ("num_queries", "NUM_QUERIES", 1),
-    ("d_model", "HIDDEN_DIM", 1), ("nhead", "NHEADS", 1), ("num_encoder_layers", "ENC_LAYERS", 0),
-    ("num_decoder_layers", "DEC_LAYERS", 1), ("dim_feedforward", "DIM_FEEDFORWARD", 1),
-    ("num_feature_levels", "NUM_FEATURE_LEVELS", 1), ("enc_n_points", "ENC_N_POINTS", 1),
-    ("dec_n_points", "DEC_N_POINTS", 1), ("two_stage_num_proposals", "TWO_STAGE_NUM_PROPOSALS", 1),
+    ("num_classes", "NUM_CLASSES", 1),
+    ("num_queries", "NUM_QUERIES", 1),
+    ("d_model", "HIDDEN_DIM", 1),
+    ("nhead", "NHEADS", 1),
+    ("num_encoder_layers", "ENC_LAYERS", 0),
+    ("num_decoder_layers", "DEC_LAYERS", 1),
+    ("dim_feedforward", "DIM_FEEDFORWARD", 1),
+    ("num_feature_levels", "NUM_FEATURE_LEVELS", 1),
+    ("enc_n_points", "ENC_N_POINTS", 1),
+    ("dec_n_points", "DEC_N_POINTS", 1),
+    ("two_stage_num_proposals", "TWO_STAGE_NUM_PROPOSALS", 1),
 )
 
 
@@ -46,12 +53,14 @@ def _check_sizes(**sizes):
     for name, key, least in _SIZES:
         value = sizes[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{name} (MODEL.DEFORMABLE_DETR.{key}) must be an int >= {least}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{name} (MODEL.DEFORMABLE_DETR.{key}) must be an int >= {least}, got {value!r}"
+            )
     d_model, nhead = sizes["d_model"], sizes["nhead"]
     if d_model % nhead:
-        raise ValueError(f"d_model (HIDDEN_DIM) must be a multiple of nhead (NHEADS), got "
-                         f"{d_model} and {nhead}")
+        raise ValueError(
+            f"d_model (HIDDEN_DIM) must be a multiple of nhead (NHEADS), got {d_model} and {nhead}"
+        )
     if d_model % 4:
         # the position encodings give each of 2 (pixels) or 4 (boxes) coordinates sin/cos pairs
         raise ValueError(f"d_model (HIDDEN_DIM) must be a multiple of 4, got {d_model}")
@@ -72,46 +81,89 @@ class DeformableTransformer(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, num_classes, num_queries=300, d_model=256, nhead=8,
-                 num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=1024, dropout=0.1,
-                 activation="relu", num_feature_levels=4, enc_n_points=4, dec_n_points=4,
-                 with_box_refine=False, two_stage=False, two_stage_num_proposals=300):
+    def __init__(
+        self,
+        *,
+        num_classes,
+        num_queries=300,
+        d_model=256,
+        nhead=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        dim_feedforward=1024,
+        dropout=0.1,
+        activation="relu",
+        num_feature_levels=4,
+        enc_n_points=4,
+        dec_n_points=4,
+        with_box_refine=False,
+        two_stage=False,
+        two_stage_num_proposals=300,
+    ):
         super().__init__()
-        _check_sizes(num_classes=num_classes, num_queries=num_queries, d_model=d_model,
-                     nhead=nhead, num_encoder_layers=num_encoder_layers,
-                     num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward,
-                     num_feature_levels=num_feature_levels, enc_n_points=enc_n_points,
-                     dec_n_points=dec_n_points, two_stage_num_proposals=two_stage_num_proposals)
+        _check_sizes(
+            num_classes=num_classes,
+            num_queries=num_queries,
+            d_model=d_model,
+            nhead=nhead,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            num_feature_levels=num_feature_levels,
+            enc_n_points=enc_n_points,
+            dec_n_points=dec_n_points,
+            two_stage_num_proposals=two_stage_num_proposals,
+        )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout (DROPOUT) must be in [0, 1), got {dropout!r}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation (ACTIVATION) must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {activation!r}")
+            raise ValueError(
+                f"activation (ACTIVATION) must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+            )
         if activation == "glu" and dim_feedforward % 2:
-            raise ValueError(f"dim_feedforward (DIM_FEEDFORWARD) must be even with the GLU "
-                             f"activation, which halves it; got {dim_feedforward}")
+            raise ValueError(
+                f"dim_feedforward (DIM_FEEDFORWARD) must be even with the GLU "
+                f"activation, which halves it; got {dim_feedforward}"
+            )
         self.d_model = d_model
-        common = dict(d_model=d_model, d_ffn=dim_feedforward, dropout=dropout,
-                      activation=activation, n_levels=num_feature_levels, n_heads=nhead)
+        common = dict(
+            d_model=d_model,
+            d_ffn=dim_feedforward,
+            dropout=dropout,
+            activation=activation,
+            n_levels=num_feature_levels,
+            n_heads=nhead,
+        )
         self.encoder = DeformableEncoder(num_encoder_layers, n_points=enc_n_points, **common)
         self.decoder = DeformableDecoder(num_decoder_layers, n_points=dec_n_points, **common)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.queries = ObjectQueries(
-            d_model, two_stage_num_proposals if two_stage else num_queries, two_stage)
+            d_model, two_stage_num_proposals if two_stage else num_queries, two_stage
+        )
         self.reset_parameters()
-        self.heads = DetectionHeads(d_model, num_classes, num_decoder_layers, with_box_refine,
-                                    two_stage)
+        self.heads = DetectionHeads(
+            d_model, num_classes, num_decoder_layers, with_box_refine, two_stage
+        )
 
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.DEFORMABLE_DETR
         return dict(
-            num_classes=c.NUM_CLASSES, num_queries=c.NUM_QUERIES, d_model=c.HIDDEN_DIM,
-            nhead=c.NHEADS, num_encoder_layers=c.ENC_LAYERS, num_decoder_layers=c.DEC_LAYERS,
-            dim_feedforward=c.DIM_FEEDFORWARD, dropout=c.DROPOUT, activation=c.ACTIVATION,
-            num_feature_levels=c.NUM_FEATURE_LEVELS, enc_n_points=c.ENC_N_POINTS,
-            dec_n_points=c.DEC_N_POINTS, with_box_refine=c.WITH_BOX_REFINE,
-            two_stage=c.TWO_STAGE, two_stage_num_proposals=c.TWO_STAGE_NUM_PROPOSALS,
+            num_classes=c.NUM_CLASSES,
+            num_queries=c.NUM_QUERIES,
+            d_model=c.HIDDEN_DIM,
+            nhead=c.NHEADS,
+            num_encoder_layers=c.ENC_LAYERS,
+            num_decoder_layers=c.DEC_LAYERS,
+            dim_feedforward=c.DIM_FEEDFORWARD,
+            dropout=c.DROPOUT,
+            activation=c.ACTIVATION,
+            num_feature_levels=c.NUM_FEATURE_LEVELS,
+            enc_n_points=c.ENC_N_POINTS,
+            dec_n_points=c.DEC_N_POINTS,
+            with_box_refine=c.WITH_BOX_REFINE,
+            two_stage=c.TWO_STAGE,
+            two_stage_num_proposals=c.TWO_STAGE_NUM_PROPOSALS,
         )
 
     def reset_parameters(self):
@@ -127,9 +179,13 @@ class DeformableTransformer(nn.Module):
         self.queries.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def forward(self, srcs: List[torch.Tensor], masks: List[torch.Tensor],
-                pos_embeds: List[torch.Tensor], rank_padding: bool = True
-                ) -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        srcs: List[torch.Tensor],
+        masks: List[torch.Tensor],
+        pos_embeds: List[torch.Tensor],
+        rank_padding: bool = True,
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             srcs, pos_embeds: L tensors (N, C, H_l, W_l); masks: L bools (N, H_l, W_l), True at

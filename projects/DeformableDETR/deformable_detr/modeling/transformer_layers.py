@@ -3,6 +3,7 @@
 Shapes: see the legend in deformable_detr/__init__.py.
 Parameter names follow the released checkpoints (self_attn, cross_attn, norm1..3, linear1..2).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,8 +38,16 @@ class DeformableEncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then a feed-forward network; each followed by
     dropout, residual and LayerNorm."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4,
-                 n_heads=8, n_points=4):
+    def __init__(
+        self,
+        d_model=256,
+        d_ffn=1024,
+        dropout=0.1,
+        activation="relu",
+        n_levels=4,
+        n_heads=8,
+        n_points=4,
+    ):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
@@ -48,8 +57,9 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index,
-                padding_mask=None):
+    def forward(
+        self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None
+    ):
         """
         Args:
             src, pos: (N, S, C). reference_points: (N, S, L, 2).
@@ -57,8 +67,14 @@ class DeformableEncoderLayer(nn.Module):
         Returns:
             (N, S, C).
         """
-        attended = self.self_attn(with_pos(src, pos), reference_points, src, spatial_shapes,
-                                  level_start_index, padding_mask)
+        attended = self.self_attn(
+            with_pos(src, pos),
+            reference_points,
+            src,
+            spatial_shapes,
+            level_start_index,
+            padding_mask,
+        )
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -69,8 +85,16 @@ class DeformableDecoderLayer(nn.Module):
     memory, then a feed-forward network; each followed by dropout, residual and LayerNorm.
     (norm2 follows self-attention and norm1 cross-attention, as the released names have it.)"""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4,
-                 n_heads=8, n_points=4):
+    def __init__(
+        self,
+        d_model=256,
+        d_ffn=1024,
+        dropout=0.1,
+        activation="relu",
+        n_levels=4,
+        n_heads=8,
+        n_points=4,
+    ):
         super().__init__()
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
@@ -83,8 +107,16 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes,
-                level_start_index, memory_padding_mask=None):
+    def forward(
+        self,
+        tgt,
+        query_pos,
+        reference_points,
+        memory,
+        spatial_shapes,
+        level_start_index,
+        memory_padding_mask=None,
+    ):
         """
         Args:
             tgt, query_pos: (N, Q, C). reference_points: (N, Q, L, 2) or (N, Q, L, 4).
@@ -96,8 +128,14 @@ class DeformableDecoderLayer(nn.Module):
         q = k = with_pos(tgt, query_pos)
         attended = self.self_attn(q, k, tgt, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(attended))
-        attended = self.cross_attn(with_pos(tgt, query_pos), reference_points, memory,
-                                   spatial_shapes, level_start_index, memory_padding_mask)
+        attended = self.cross_attn(
+            with_pos(tgt, query_pos),
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            memory_padding_mask,
+        )
         tgt = self.norm1(tgt + self.dropout1(attended))
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))

@@ -3,6 +3,7 @@ A.4); ObjectQueries scores them and keeps the best as the decoder's queries.
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import Tuple
 
 import torch

@@ -3,6 +3,7 @@ keys (for LazyConfig) and a builder registered in Detectron2's BACKBONE_REGISTRY
 (cfg.MODEL.BACKBONE.NAME) that passes it those keys (config.py). Each returns a Detectron2
 Backbone: (N, 3, H, W) -> dict of feature maps, whose output_shape() names the maps the neck can
 take (MODEL.DEFORMABLE_DETR.IN_FEATURES, high to low resolution)."""
+
 from .mvit import build_deformable_detr_mvit_backbone, mvit_backbone
 from .regnet import build_deformable_detr_regnet_backbone, regnet_backbone
 from .resnet import build_deformable_detr_resnet_backbone, deformable_detr_resnet

@@ -2,11 +2,12 @@
 relative positions, from plain arguments (mvit_backbone, e.g. in a LazyConfig) or from
 cfg.MODEL.MVIT (the registered builder), each argument being the key of its name.
 
-Shapes: see the legend in deformable_detr/__init__.py; stage k (2-5) gives "scale{k}", (N, embed_dim * 2^(k-2), H / 2^k,
-W / 2^k), sides rounded up (pooling convolutions and windows pad inside). Relative positions are
-interpolated to the input size, so any size works, and an image's features depend on its own
-pixels and size only.
+Shapes: see the legend in deformable_detr/__init__.py; stage k (2-5) gives "scale{k}", (N, embed_dim
+* 2^(k-2), H / 2^k, W / 2^k), sides rounded up (pooling convolutions and windows pad inside).
+Relative positions are interpolated to the input size, so any size works, and an image's features
+depend on its own pixels and size only.
 """
+
 from functools import partial
 from typing import Sequence
 
@@ -22,25 +23,47 @@ __all__ = ["build_deformable_detr_mvit_backbone", "mvit_backbone"]
 STAGES = ("scale2", "scale3", "scale4", "scale5")
 
 
-def mvit_backbone(*, embed_dim: int, depth: int, num_heads: int,
-                  last_block_indexes: Sequence[int], drop_path_rate: float,
-                  pretrain_img_size: int, out_features: Sequence[str],
-                  in_channels: int = 3) -> MViT:
+def mvit_backbone(
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    last_block_indexes: Sequence[int],
+    drop_path_rate: float,
+    pretrain_img_size: int,
+    out_features: Sequence[str],
+    in_channels: int = 3,
+) -> MViT:
     """MViTv2 with the maps of out_features ("scale2".."scale5", strides 4 to 32); each argument
     is the MODEL.MVIT key of its name (MViTv2-T: 96 wide, 10 blocks, stages ending at blocks
     0, 2, 7, 9)."""
     last = list(last_block_indexes)
-    require(len(last) == len(STAGES) and last == sorted(set(last)) and last[0] >= 0
-            and last[-1] == depth - 1, "last_block_indexes (MODEL.MVIT.LAST_BLOCK_INDEXES)",
-            f"the index of each of the 4 stages' last block, increasing, the last depth - 1 = "
-            f"{depth - 1}", last)
+    require(
+        len(last) == len(STAGES)
+        and last == sorted(set(last))
+        and last[0] >= 0
+        and last[-1] == depth - 1,
+        "last_block_indexes (MODEL.MVIT.LAST_BLOCK_INDEXES)",
+        f"the index of each of the 4 stages' last block, increasing, the last depth - 1 = "
+        f"{depth - 1}",
+        last,
+    )
     check_out_features("out_features (MODEL.MVIT.OUT_FEATURES)", out_features, STAGES)
     return MViT(
-        img_size=pretrain_img_size, in_chans=in_channels, embed_dim=embed_dim, depth=depth,
-        num_heads=num_heads, last_block_indexes=tuple(last), residual_pooling=True,
-        drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        use_abs_pos=False, use_rel_pos=True, pretrain_img_size=pretrain_img_size,
-        out_features=tuple(out_features))
+        img_size=pretrain_img_size,
+        in_chans=in_channels,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        last_block_indexes=tuple(last),
+        residual_pooling=True,
+        drop_path_rate=drop_path_rate,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_abs_pos=False,
+        use_rel_pos=True,
+        pretrain_img_size=pretrain_img_size,
+        out_features=tuple(out_features),
+    )
 
 
 @BACKBONE_REGISTRY.register()

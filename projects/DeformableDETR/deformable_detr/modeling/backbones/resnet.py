@@ -8,6 +8,7 @@ DC5 model) every block but the first. This builder restores torchvision's first 
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
+
 from typing import Sequence
 
 from detectron2.config import get_cfg
@@ -29,9 +30,18 @@ def build_deformable_detr_resnet_backbone(cfg, input_shape):
     return backbone
 
 
-def deformable_detr_resnet(*, depth: int, out_features: Sequence[str], freeze_at: int, norm: str,
-                           stride_in_1x1: bool, res5_dilation: int, stem_out_channels: int,
-                           res2_out_channels: int, in_channels: int = 3) -> ResNet:
+def deformable_detr_resnet(
+    *,
+    depth: int,
+    out_features: Sequence[str],
+    freeze_at: int,
+    norm: str,
+    stride_in_1x1: bool,
+    res5_dilation: int,
+    stem_out_channels: int,
+    res2_out_channels: int,
+    in_channels: int = 3,
+) -> ResNet:
     """build_deformable_detr_resnet_backbone from plain arguments: each is the MODEL.RESNETS key
     of its name (freeze_at: MODEL.BACKBONE.FREEZE_AT; in_channels: the image's channels), set on
     Detectron2's default config, so that Detectron2 keeps the one layout and its checks.

@@ -10,6 +10,7 @@ Shapes: see the legend in deformable_detr/__init__.py; here Z = img_size and p =
 ViT gives (N, embed_dim, Z / p, Z / p); the pyramid scales it by each of scale_factors into
 "p{k}" maps (N, out_channels, Z / 2^k, Z / 2^k), 2^k = p / factor.
 """
+
 from functools import partial
 from typing import Sequence
 
@@ -25,40 +26,83 @@ __all__ = ["build_deformable_detr_vit_backbone", "vit_backbone"]
 SCALE_FACTORS = (4.0, 2.0, 1.0, 0.5)  # those SimpleFeaturePyramid implements
 
 
-def vit_backbone(*, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float, drop_path_rate: float, window_size: int,
-                 window_block_indexes: Sequence[int], use_rel_pos: bool, pretrain_img_size: int,
-                 scale_factors: Sequence[float], out_channels: int,
-                 in_channels: int = 3) -> SimpleFeaturePyramid:
+def vit_backbone(
+    *,
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float,
+    drop_path_rate: float,
+    window_size: int,
+    window_block_indexes: Sequence[int],
+    use_rel_pos: bool,
+    pretrain_img_size: int,
+    scale_factors: Sequence[float],
+    out_channels: int,
+    in_channels: int = 3,
+) -> SimpleFeaturePyramid:
     """ViT with ViTDet's window attention and simple pyramid, whose maps are
     "p{log2(patch_size / factor)}" for each of scale_factors (p3-p5 for 2, 1, 0.5) and whose
     padding_constraints ask for the img_size square. Each argument is the MODEL.VIT key of its
     name (ViT-B/16: 768 wide, 12 blocks, 12 heads)."""
-    require(isinstance(patch_size, int) and patch_size >= 1 and img_size % patch_size == 0,
-            "patch_size (MODEL.VIT.PATCH_SIZE)", f"a positive int dividing img_size {img_size}",
-            patch_size)
-    require(embed_dim % num_heads == 0, "num_heads (MODEL.VIT.NUM_HEADS)",
-            f"a divisor of embed_dim {embed_dim}", num_heads)
-    require(all(0 <= i < depth for i in window_block_indexes),
-            "window_block_indexes (MODEL.VIT.WINDOW_BLOCK_INDEXES)", f"block indexes in "
-            f"[0, {depth})", list(window_block_indexes))
+    require(
+        isinstance(patch_size, int) and patch_size >= 1 and img_size % patch_size == 0,
+        "patch_size (MODEL.VIT.PATCH_SIZE)",
+        f"a positive int dividing img_size {img_size}",
+        patch_size,
+    )
+    require(
+        embed_dim % num_heads == 0,
+        "num_heads (MODEL.VIT.NUM_HEADS)",
+        f"a divisor of embed_dim {embed_dim}",
+        num_heads,
+    )
+    require(
+        all(0 <= i < depth for i in window_block_indexes),
+        "window_block_indexes (MODEL.VIT.WINDOW_BLOCK_INDEXES)",
+        f"block indexes in [0, {depth})",
+        list(window_block_indexes),
+    )
     factors = list(scale_factors)
-    require(bool(factors) and all(f in SCALE_FACTORS for f in factors)
-            and factors == sorted(set(factors), reverse=True),
-            "scale_factors (MODEL.VIT.SCALE_FACTORS)",
-            f"distinct values among {SCALE_FACTORS}, decreasing (high to low resolution)",
-            factors)
+    require(
+        bool(factors)
+        and all(f in SCALE_FACTORS for f in factors)
+        and factors == sorted(set(factors), reverse=True),
+        "scale_factors (MODEL.VIT.SCALE_FACTORS)",
+        f"distinct values among {SCALE_FACTORS}, decreasing (high to low resolution)",
+        factors,
+    )
     net = ViT(
-        img_size=img_size, patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dim,
-        depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-        drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        use_abs_pos=True, use_rel_pos=use_rel_pos, window_size=window_size,
-        window_block_indexes=list(window_block_indexes), residual_block_indexes=[],
-        pretrain_img_size=pretrain_img_size, pretrain_use_cls_token=True,
-        out_feature="last_feat")
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=in_channels,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=True,
+        drop_path_rate=drop_path_rate,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_abs_pos=True,
+        use_rel_pos=use_rel_pos,
+        window_size=window_size,
+        window_block_indexes=list(window_block_indexes),
+        residual_block_indexes=[],
+        pretrain_img_size=pretrain_img_size,
+        pretrain_use_cls_token=True,
+        out_feature="last_feat",
+    )
     return SimpleFeaturePyramid(
-        net=net, in_feature="last_feat", out_channels=out_channels,
-        scale_factors=tuple(factors), top_block=None, norm="LN", square_pad=img_size)
+        net=net,
+        in_feature="last_feat",
+        out_channels=out_channels,
+        scale_factors=tuple(factors),
+        top_block=None,
+        norm="LN",
+        square_pad=img_size,
+    )
 
 
 @BACKBONE_REGISTRY.register()
@@ -66,7 +110,11 @@ def build_deformable_detr_vit_backbone(cfg, input_shape: ShapeSpec):
     """vit_backbone from cfg.MODEL.VIT, after checking that the resized images fit its square."""
     for key in ("MAX_SIZE_TRAIN", "MAX_SIZE_TEST"):
         # a larger image cannot be padded to the square: Detectron2 would crop it
-        require(cfg.INPUT[key] <= cfg.MODEL.VIT.IMG_SIZE, f"INPUT.{key}",
-                f"<= MODEL.VIT.IMG_SIZE {cfg.MODEL.VIT.IMG_SIZE} (the ViT pads every image to "
-                f"that square)", cfg.INPUT[key])
+        require(
+            cfg.INPUT[key] <= cfg.MODEL.VIT.IMG_SIZE,
+            f"INPUT.{key}",
+            f"<= MODEL.VIT.IMG_SIZE {cfg.MODEL.VIT.IMG_SIZE} (the ViT pads every image to "
+            f"that square)",
+            cfg.INPUT[key],
+        )
     return vit_backbone(**keys_of(cfg.MODEL.VIT), in_channels=input_shape.channels)
