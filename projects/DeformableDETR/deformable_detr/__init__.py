@@ -5,10 +5,22 @@ Importing the package loads the compiled op (when built), registers the meta-arc
 DetectionCheckpointer read weights files without running code (see
 checkpoint.install_safe_checkpoint_loading).
 
-Data path: mapper (data/) -> DeformableDETR (modeling/meta_arch.py: checks, normalises, pads)
--> backbone (Detectron2's, or modeling/backbones/) -> neck (L levels and masks) -> position
-encoding -> DeformableTransformer (flatten_levels -> encoder -> ObjectQueries -> decoder, which
-DetectionHeads reads out after every layer) -> SetCriterion (training) or top-k Instances.
+Data path, one line per module (shapes in the legend below):
+    data/mapper.py               a dataset dict -> "image" (3, H, W) and "instances", augmented
+    modeling/meta_arch.py        checks (input_checks.py), normalises, pads: (N, 3, H, W), mask
+    backbone                     Detectron2's, or modeling/backbones/: named maps (N, C_f, ...)
+    modeling/per_image.py        at inference: backbone and neck per image size, then padded
+    modeling/neck.py             L maps (N, C, H_l, W_l) and padding masks (N, H_l, W_l)
+    layers/position_encoding.py  L sine encodings (N, C, H_l, W_l)
+    modeling/transformer.py      DeformableTransformer, through the five modules below:
+    modeling/levels.py           src and pos (N, S, C), the level layout and valid sizes
+    modeling/encoder_decoder.py  the encoder: memory (N, S, C)
+    modeling/queries.py          queries (N, Q, C) and references; two-stage: two_stage.py's
+                                 proposals, scored by the proposal heads
+    modeling/encoder_decoder.py  the decoder, with heads.py after every layer: logits
+                                 (J, N, Q, K) and boxes (J, N, Q, 4)
+    modeling/criterion.py        training: matcher.py per layer, the weighted losses
+    modeling/meta_arch.py        inference: the top R (query, class) pairs -> Instances
 
 Shape legend. Every module of the package writes shapes with these letters, one meaning each:
     N       images in a batch; G images of one size (modeling/per_image.py)
