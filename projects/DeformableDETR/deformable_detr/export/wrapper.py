@@ -24,7 +24,7 @@ class DetectionExportWrapper(nn.Module):
         super().__init__()
         model = copy.deepcopy(model).eval()
         # At batch 1 the padded path is bit-identical to the batch-invariant one (tested in
-        # tests/test_batch_invariance.py) and has no per-size grouping, which would fix the
+        # tests/modeling/test_batch_invariance.py) and has no per-size grouping, which would fix the
         # image size in an exported graph.
         model.batch_invariant_inference = False
         self.model = model

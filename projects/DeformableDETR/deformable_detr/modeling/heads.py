@@ -6,6 +6,7 @@ Shapes: see the legend in deformable_detr/__init__.py.
 
 import copy
 import math
+from typing import Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,7 +66,7 @@ class DetectionHeads(nn.Module):
         num_classes: K, sigmoid class outputs.
         num_layers: J, decoder layers.
         refine: iterative box refinement.
-        two_stage: adds the proposal heads, `proposal_class` and `proposal_box`.
+        two_stage: adds the proposal heads (see `proposals`).
 
     Parameter names are the released ones: `class_embed.{i}`, `bbox_embed.{i}.layers.{j}`, the
     proposal heads at i = J.
@@ -96,15 +97,15 @@ class DetectionHeads(nn.Module):
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].bias[2:])
 
-    @property
-    def proposal_class(self) -> nn.Module:
-        """The two-stage proposals' class head."""
-        return self.class_embed[self.num_layers]
+    def proposals(self, memory: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Two-stage: the proposal heads (at index J) on the encoder's proposal features.
 
-    @property
-    def proposal_box(self) -> nn.Module:
-        """The two-stage proposals' box head."""
-        return self.bbox_embed[self.num_layers]
+        Args:
+            memory: (N, S, C).
+        Returns:
+            logits (N, S, K) and box deltas (N, S, 4), to add to the proposals' logit boxes.
+        """
+        return self.class_embed[self.num_layers](memory), self.bbox_embed[self.num_layers](memory)
 
     def boxes(self, layer: int, hs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """The boxes of decoder layer `layer`.

@@ -85,8 +85,8 @@ class ObjectQueries(nn.Module):
             return Queries(content, position, reference, None)
         proposal_memory, anchors = encoder_proposals(memory, levels)
         proposal_memory = self.enc_output_norm(self.enc_output(proposal_memory))
-        logits = heads.proposal_class(proposal_memory)  # (N, S, K)
-        coords = heads.proposal_box(proposal_memory) + anchors  # (N, S, 4) logits
+        logits, deltas = heads.proposals(proposal_memory)  # (N, S, K), (N, S, 4)
+        coords = deltas + anchors  # (N, S, 4) logits
         # proposals are ranked by their first class score (class-agnostic in training)
         topk = min(self.num_queries, logits.shape[1])
         scores = logits[..., 0]  # (N, S)

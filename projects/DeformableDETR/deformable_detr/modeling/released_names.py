@@ -4,7 +4,8 @@ The transformer owns the object queries and the detection heads (one owner each,
 way), but the released checkpoints keep the heads and the learned queries at the top of the
 model, and the two-stage and reference-point layers directly under `transformer`. The model's
 state_dict() writes the released names and load_state_dict() reads them (and the module names
-too), so that checkpoints, converters and released weights see one layout:
+too), and reports missing or unexpected keys by them, so that checkpoints, converters and released
+weights see one layout:
 
     transformer.heads.class_embed.*          <-> class_embed.*
     transformer.heads.bbox_embed.*           <-> bbox_embed.*
@@ -63,8 +64,17 @@ def _from_released(module, state_dict, prefix, *args):
     _rename(state_dict, prefix, to_released=False)
 
 
+def _report_released(module, incompatible_keys):
+    for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
+        renamed = dict.fromkeys(keys)
+        _rename(renamed, "", to_released=True)
+        keys[:] = list(renamed)
+
+
 def use_released_names(model: nn.Module) -> None:
-    """Makes model.state_dict() write, and model.load_state_dict() read, the released names.
-    (Named functions, not lambdas, so that the model stays picklable.)"""
+    """Makes model.state_dict() write, and model.load_state_dict() read and report (missing and
+    unexpected keys), the released names. (Named functions, not lambdas, so that the model stays
+    picklable.)"""
     model.register_state_dict_post_hook(_to_released)
     model.register_load_state_dict_pre_hook(_from_released)
+    model.register_load_state_dict_post_hook(_report_released)
