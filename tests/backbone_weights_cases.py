@@ -5,7 +5,13 @@ notation of its configs; facebookresearch/mae models_mae.py on timm's Block;
 facebookresearch/pycls pycls/models/anynet.py), independently of the converters' own tables
 (deformable_detr/checkpoint/{swin,mvit,vit,regnet}.py), so that each checks the other. Built on
 the meta device for names and shapes, or filled with random values. Nothing is downloaded.
+CASES: each family's converter case, as tests/checkpoint/test_checkpoint_backbones.py runs it.
 """
+
+import dataclasses
+import re
+from typing import Callable, Dict, NamedTuple
+
 import torch
 from detectron2.modeling.backbone.regnet import (
     adjust_block_compatibility,
@@ -14,6 +20,11 @@ from detectron2.modeling.backbone.regnet import (
 from torch import nn
 
 from checkpoint_cases import random_value
+from deformable_detr.checkpoint import MVIT, PYCLS_REGNET, SWIN, VIT, BackboneVariant
+from deformable_detr.checkpoint.mvit import MViTParams
+from deformable_detr.checkpoint.regnet import RegNetParams
+from deformable_detr.checkpoint.swin import SwinParams
+from deformable_detr.checkpoint.vit import ViTParams
 
 
 def _mlp(d_in, d_hidden, d_out):
@@ -31,21 +42,26 @@ def official_swin(embed_dim, depths, num_heads, window, image=224, classes=1000)
     root.layers = nn.ModuleList()
     side = image // 4
     for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-        dim, layer = embed_dim * 2 ** i, nn.Module()
+        dim, layer = embed_dim * 2**i, nn.Module()
         layer.blocks = nn.ModuleList()
         for j in range(depth):
             block = nn.Module()
             block.norm1, block.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
             block.attn = nn.Module()
             block.attn.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * window - 1) ** 2, heads))
-            block.attn.register_buffer("relative_position_index", torch.randint(
-                0, (2 * window - 1) ** 2, (window ** 2, window ** 2)))
+                torch.zeros((2 * window - 1) ** 2, heads)
+            )
+            block.attn.register_buffer(
+                "relative_position_index",
+                torch.randint(0, (2 * window - 1) ** 2, (window**2, window**2)),
+            )
             block.attn.qkv, block.attn.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
             block.mlp = _mlp(dim, 4 * dim, dim)
             shifted = j % 2 == 1 and side > window  # a window as large as the map: no shift
-            block.register_buffer("attn_mask", torch.zeros(
-                (side // window) ** 2, window ** 2, window ** 2) if shifted else None)
+            block.register_buffer(
+                "attn_mask",
+                torch.zeros((side // window) ** 2, window**2, window**2) if shifted else None,
+            )
             layer.blocks.append(block)
         if i < len(depths) - 1:
             layer.downsample = nn.Module()
@@ -77,8 +93,11 @@ def official_mvit(depth, dim_mul_blocks, embed_dim=96, num_heads=1, image=224, c
         attn = block.attn = nn.Module()
         attn.qkv, attn.proj = nn.Linear(dim, 3 * dim_out), nn.Linear(dim_out, dim_out)
         for x in "qkv":
-            setattr(attn, f"pool_{x}", nn.Conv2d(head_dim, head_dim, 3, padding=1,
-                                                 groups=head_dim, bias=False))
+            setattr(
+                attn,
+                f"pool_{x}",
+                nn.Conv2d(head_dim, head_dim, 3, padding=1, groups=head_dim, bias=False),
+            )
             setattr(attn, f"norm_{x}", nn.LayerNorm(head_dim))
         rel = 2 * max(side // q_stride, side // kv_stride) - 1
         attn.rel_pos_h = nn.Parameter(torch.zeros(rel, head_dim))
@@ -126,8 +145,9 @@ def pycls_regnet(depth, w_0, w_a, w_m, group_width, se_ratio, stem=32, classes=1
     """pycls' RegNet (AnyNet with a simple stem and bottleneck blocks, bottleneck ratio 1), its
     stage widths by pycls' rule (Detectron2's copy of its two functions)."""
     widths, depths = generate_regnet_parameters(w_a, w_0, w_m, depth)[:2]
-    widths, _, groups = adjust_block_compatibility(widths, [1.0] * len(widths),
-                                                   [group_width] * len(widths))
+    widths, _, groups = adjust_block_compatibility(
+        widths, [1.0] * len(widths), [group_width] * len(widths)
+    )
     root = nn.Module()
     root.stem = nn.Module()
     _conv_bn(root.stem, "conv", "bn", 3, stem, 3, 2)
@@ -158,5 +178,135 @@ def random_state_dict(tree, seed):
     """tree's state dict with random values (checkpoint_cases.random_value); integer buffers
     kept."""
     generator = torch.Generator().manual_seed(seed)
-    return {name: random_value(name, tuple(t.shape), generator) if t.is_floating_point()
-            else t.clone() for name, t in tree.state_dict().items()}
+    return {
+        name: random_value(name, tuple(t.shape), generator) if t.is_floating_point() else t.clone()
+        for name, t in tree.state_dict().items()
+    }
+
+
+# one converter case per family: the file's layout, the config that builds its variant, and
+# what the converter renames, drops and leaves out
+class Case(NamedTuple):
+    family: object
+    config: str
+    default: str  # the variant of the config, built at real size
+    real_tree: Callable  # the official tree of `default`
+    small_tree: Callable
+    small: BackboneVariant  # the converter's variant for small_tree, with the model's keys
+    wrap: Callable  # the file's container
+    prefix: str  # where the backbone's names start in the model
+    renamed: Dict[str, str]  # official -> model names that change beyond the prefix
+    dropped: str  # official names without counterpart
+    not_in_file: str  # model names the file does not fill
+
+
+def _model_state(sd):
+    return {"model": sd}
+
+
+def _pycls_state(sd):  # as pycls and mvit save: the training state around the weights
+    return {"epoch": 100, "model_state": sd, "optimizer_state": {}, "cfg": "MODEL:\n  TYPE: x\n"}
+
+
+SMALL_SWIN = """
+MODEL.SWIN.EMBED_DIM 32
+MODEL.SWIN.DEPTHS [2,2,2,2]
+MODEL.SWIN.NUM_HEADS [1,2,2,4]
+MODEL.SWIN.WINDOW_SIZE 7
+""".split()
+SMALL_MVIT = """
+MODEL.MVIT.EMBED_DIM 32
+MODEL.MVIT.DEPTH 5
+MODEL.MVIT.LAST_BLOCK_INDEXES [0,1,3,4]
+""".split()
+SMALL_VIT = """
+MODEL.VIT.IMG_SIZE 256
+INPUT.MAX_SIZE_TRAIN 256
+INPUT.MAX_SIZE_TEST 256
+MODEL.VIT.EMBED_DIM 64
+MODEL.VIT.DEPTH 3
+MODEL.VIT.NUM_HEADS 2
+MODEL.VIT.WINDOW_SIZE 4
+MODEL.VIT.WINDOW_BLOCK_INDEXES [0,1]
+MODEL.VIT.OUT_CHANNELS 64
+""".split()
+SMALL_REGNET = """
+MODEL.REGNET.DEPTH 8
+MODEL.REGNET.W_0 24
+MODEL.REGNET.W_A 24.0
+MODEL.REGNET.W_M 2.0
+MODEL.REGNET.GROUP_WIDTH 8
+""".split()  # 4 stages
+
+CASES = {
+    "swin": Case(
+        SWIN,
+        "ddetr_swin_t.yaml",
+        "swin_t",
+        lambda: official_swin(96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
+        lambda: official_swin(32, (2, 2, 2, 2), (1, 2, 2, 4), 7),
+        BackboneVariant("small", SwinParams(32, (2, 2, 2, 2), (1, 2, 2, 4), 7), tuple(SMALL_SWIN)),
+        _model_state,
+        "backbone.",
+        {"norm.weight": "norm3.weight", "norm.bias": "norm3.bias"},
+        r"head\..*|layers\.\d\.blocks\.\d\.attn_mask",
+        r"backbone\.norm[12]\..*",
+    ),
+    "mvit": Case(
+        MVIT,
+        "ddetr_mvitv2_t.yaml",
+        "mvitv2_t",
+        lambda: official_mvit(10, (1, 3, 8)),
+        lambda: official_mvit(5, (1, 2, 4), embed_dim=32),
+        BackboneVariant("small", MViTParams(32, 1, 5, (0, 1, 3, 4)), tuple(SMALL_MVIT)),
+        _pycls_state,
+        "backbone.",
+        {"norm.weight": "scale5_norm.weight", "norm.bias": "scale5_norm.bias"},
+        r"head\..*",
+        r"backbone\.scale[234]_norm\..*",
+    ),
+    "vit": Case(
+        VIT,
+        "ddetr_vit_b.yaml",
+        "vit_b",
+        lambda: official_vit(768, 12),
+        lambda: official_vit(64, 3),
+        BackboneVariant("small", ViTParams(64, 3), tuple(SMALL_VIT)),
+        _model_state,
+        "backbone.net.",
+        {},
+        r"cls_token|norm\..*",
+        r"backbone\.net\.blocks\.\d+\.attn\.rel_pos_[hw]|backbone\.simfp_.*",
+    ),
+    "regnet": Case(
+        PYCLS_REGNET,
+        "ddetr_regnety_4gf.yaml",
+        "regnety_4gf",
+        lambda: pycls_regnet(22, 96, 31.41, 2.24, 64, 0.25),
+        lambda: pycls_regnet(8, 24, 24.0, 2.0, 8, 0.25),
+        BackboneVariant("small", RegNetParams(8, 24, 24.0, 2.0, 8, 0.25), tuple(SMALL_REGNET)),
+        _pycls_state,
+        "backbone.",
+        {},
+        r"head\..*|.*num_batches_tracked",
+        r"$^",
+    ),
+}
+
+
+def expected_names(case, official):
+    """The model name of every official name that is kept, by the case's own table."""
+    return {
+        k: case.prefix + case.renamed.get(k, k)
+        for k in official
+        if not re.fullmatch(case.dropped, k)
+    }
+
+
+def meta_state_dict(tree):
+    with torch.device("meta"):
+        return tree().state_dict()
+
+
+def small_family(case):
+    return dataclasses.replace(case.family, variants={"small": case.small})

@@ -9,6 +9,7 @@ downloaded.
 
 Shapes: C = 256, 91 class rows indexed by COCO category id, 300 queries, L levels.
 """
+
 import argparse
 import math
 import os
@@ -27,16 +28,26 @@ from repo_paths import REPO
 
 # name -> (the authors' args that define the variant, this project's config)
 RELEASES = {
-    "single_scale": (dict(num_feature_levels=1, dilation=False, with_box_refine=False,
-                          two_stage=False), "ddetr_r50_single_scale.yaml"),
-    "single_scale_dc5": (dict(num_feature_levels=1, dilation=True, with_box_refine=False,
-                              two_stage=False), "ddetr_r50_single_scale_dc5.yaml"),
-    "multi_scale": (dict(num_feature_levels=4, dilation=False, with_box_refine=False,
-                         two_stage=False), "ddetr_r50.yaml"),
-    "box_refine": (dict(num_feature_levels=4, dilation=False, with_box_refine=True,
-                        two_stage=False), "ddetr_r50_box_refine.yaml"),
-    "two_stage": (dict(num_feature_levels=4, dilation=False, with_box_refine=True,
-                       two_stage=True), "ddetr_r50_two_stage.yaml"),
+    "single_scale": (
+        dict(num_feature_levels=1, dilation=False, with_box_refine=False, two_stage=False),
+        "ddetr_r50_single_scale.yaml",
+    ),
+    "single_scale_dc5": (
+        dict(num_feature_levels=1, dilation=True, with_box_refine=False, two_stage=False),
+        "ddetr_r50_single_scale_dc5.yaml",
+    ),
+    "multi_scale": (
+        dict(num_feature_levels=4, dilation=False, with_box_refine=False, two_stage=False),
+        "ddetr_r50.yaml",
+    ),
+    "box_refine": (
+        dict(num_feature_levels=4, dilation=False, with_box_refine=True, two_stage=False),
+        "ddetr_r50_box_refine.yaml",
+    ),
+    "two_stage": (
+        dict(num_feature_levels=4, dilation=False, with_box_refine=True, two_stage=True),
+        "ddetr_r50_two_stage.yaml",
+    ),
 }
 CLASS_ROWS = 91
 HEAD_OFFSET = 1000.0  # class head h holds row i filled with the value i + h * HEAD_OFFSET
@@ -85,19 +96,22 @@ def released_tree(num_feature_levels, dilation, with_box_refine, two_stage):
         root = nn.Module()
         body = torchvision.models.resnet50(
             replace_stride_with_dilation=[False, False, dilation],
-            norm_layer=torchvision.ops.FrozenBatchNorm2d)
+            norm_layer=torchvision.ops.FrozenBatchNorm2d,
+        )
         del body.fc  # IntermediateLayerGetter stops at layer4
         joiner = nn.Module()
         joiner.body = body
         root.backbone = nn.ModuleList([joiner])  # backbone.1, the sine encoding, has no weights
 
         channels = [512, 1024, 2048] if levels > 1 else [2048]
-        projections = [nn.Sequential(nn.Conv2d(c, 256, 1), nn.GroupNorm(32, 256))
-                       for c in channels]
+        projections = [nn.Sequential(nn.Conv2d(c, 256, 1), nn.GroupNorm(32, 256)) for c in channels]
         in_channels = channels[-1]
         for _ in range(levels - len(channels)):
-            projections.append(nn.Sequential(nn.Conv2d(in_channels, 256, 3, stride=2, padding=1),
-                                             nn.GroupNorm(32, 256)))
+            projections.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, 256, 3, stride=2, padding=1), nn.GroupNorm(32, 256)
+                )
+            )
             in_channels = 256
         root.input_proj = nn.ModuleList(projections)
 
@@ -158,16 +172,49 @@ def random_value(name, shape, generator):
 def released_args(name, **overrides):
     """An argparse.Namespace as the authors' main.py stores it (a representative subset)."""
     fields = dict(
-        lr=2e-4, lr_backbone_names=["backbone.0"], lr_backbone=2e-5,
-        lr_linear_proj_names=["reference_points", "sampling_offsets"], lr_linear_proj_mult=0.1,
-        batch_size=2, weight_decay=1e-4, epochs=50, lr_drop=40, lr_drop_epochs=None,
-        clip_max_norm=0.1, sgd=False, frozen_weights=None, backbone="resnet50",
-        position_embedding="sine", position_embedding_scale=2 * math.pi, enc_layers=6,
-        dec_layers=6, dim_feedforward=1024, hidden_dim=256, dropout=0.1, nheads=8,
-        num_queries=300, dec_n_points=4, enc_n_points=4, masks=False, aux_loss=True,
-        focal_alpha=0.25, dataset_file="coco", coco_path="./data/coco", output_dir="exps/r50",
-        device="cuda", seed=42, resume="", start_epoch=0, eval=False, num_workers=2,
-        cache_mode=False, distributed=True, rank=0, world_size=8, gpu=0, dist_url="env://",
+        lr=2e-4,
+        lr_backbone_names=["backbone.0"],
+        lr_backbone=2e-5,
+        lr_linear_proj_names=["reference_points", "sampling_offsets"],
+        lr_linear_proj_mult=0.1,
+        batch_size=2,
+        weight_decay=1e-4,
+        epochs=50,
+        lr_drop=40,
+        lr_drop_epochs=None,
+        clip_max_norm=0.1,
+        sgd=False,
+        frozen_weights=None,
+        backbone="resnet50",
+        position_embedding="sine",
+        position_embedding_scale=2 * math.pi,
+        enc_layers=6,
+        dec_layers=6,
+        dim_feedforward=1024,
+        hidden_dim=256,
+        dropout=0.1,
+        nheads=8,
+        num_queries=300,
+        dec_n_points=4,
+        enc_n_points=4,
+        masks=False,
+        aux_loss=True,
+        focal_alpha=0.25,
+        dataset_file="coco",
+        coco_path="./data/coco",
+        output_dir="exps/r50",
+        device="cuda",
+        seed=42,
+        resume="",
+        start_epoch=0,
+        eval=False,
+        num_workers=2,
+        cache_mode=False,
+        distributed=True,
+        rank=0,
+        world_size=8,
+        gpu=0,
+        dist_url="env://",
         dist_backend="nccl",
     )
     fields.update(RELEASES[name][0])
@@ -188,13 +235,28 @@ def released_checkpoint(name, seed=0, with_args=True):
         model[key] = by_module_tensor[id(meta)]
     checkpoint = {
         "model": model,
-        "optimizer": {"state": {0: {"step": 1000, "exp_avg": torch.zeros(3),
-                                    "exp_avg_sq": torch.zeros(3)}},
-                      "param_groups": [{"lr": 2e-5, "betas": (0.9, 0.999), "eps": 1e-8,
-                                        "weight_decay": 1e-4, "amsgrad": False, "params": [0],
-                                        "initial_lr": 2e-4}]},
-        "lr_scheduler": {"step_size": 40, "gamma": 0.1, "base_lrs": [2e-4, 2e-5],
-                         "last_epoch": 50, "_step_count": 51, "_last_lr": [2e-5, 2e-6]},
+        "optimizer": {
+            "state": {0: {"step": 1000, "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+            "param_groups": [
+                {
+                    "lr": 2e-5,
+                    "betas": (0.9, 0.999),
+                    "eps": 1e-8,
+                    "weight_decay": 1e-4,
+                    "amsgrad": False,
+                    "params": [0],
+                    "initial_lr": 2e-4,
+                }
+            ],
+        },
+        "lr_scheduler": {
+            "step_size": 40,
+            "gamma": 0.1,
+            "base_lrs": [2e-4, 2e-5],
+            "last_epoch": 50,
+            "_step_count": 51,
+            "_last_lr": [2e-5, 2e-6],
+        },
         "epoch": 49,
     }
     if with_args:
@@ -240,8 +302,13 @@ def assert_bad_file_refused(convert, tmp_path, content, message):
 
 def run_tool(script, *args):
     """Runs tools/<script> with this interpreter from the repository root."""
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def randomize_batch_norms(model):
@@ -277,5 +344,6 @@ def torchvision_features(model, x):
 
 def assert_same_features(ours, reference):
     for name, expected in reference.items():
-        torch.testing.assert_close(ours[name], expected, rtol=1e-5,
-                                   atol=1e-5 * expected.abs().max().item(), msg=name)
+        torch.testing.assert_close(
+            ours[name], expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item(), msg=name
+        )

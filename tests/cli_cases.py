@@ -1,5 +1,6 @@
 """Shared helpers of the command-line tests: the scripts at the repository's root, loaded as
 modules so that tests call their functions in-process."""
+
 import functools
 import importlib.util
 import os
@@ -12,8 +13,9 @@ from repo_paths import REPO
 @functools.lru_cache(maxsize=None)
 def load_script(file_name):
     """demo.py or train_net.py as a module (loaded once)."""
-    spec = importlib.util.spec_from_file_location(os.path.splitext(file_name)[0],
-                                                  os.path.join(REPO, file_name))
+    spec = importlib.util.spec_from_file_location(
+        os.path.splitext(file_name)[0], os.path.join(REPO, file_name)
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,5 @@
 """Shared pytest configuration and fixtures of the test suite."""
+
 import pytest
 
 

@@ -1,4 +1,5 @@
 """The function each process of the two-process test runs (importable, for spawn)."""
+
 import json
 import os
 
@@ -22,5 +23,11 @@ def train_and_compare(shapes_root, output_dir, iterations):
     sums = comm.all_gather((params.double().sum().item(), params.abs().double().sum().item()))
     if comm.is_main_process():
         with open(os.path.join(output_dir, "sync.json"), "w") as f:
-            json.dump({"world_size": comm.get_world_size(), "sums": sums,
-                       "ddp": type(trainer.model).__name__}, f)
+            json.dump(
+                {
+                    "world_size": comm.get_world_size(),
+                    "sums": sums,
+                    "ddp": type(trainer.model).__name__,
+                },
+                f,
+            )

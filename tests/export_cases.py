@@ -1,4 +1,5 @@
 """Shared pieces of the export tests: the shallow variants they export and the agreement check."""
+
 from deformable_detr.export import compare_detections
 
 # 1 encoder and 2 decoder layers keep exports fast; full depth was checked by hand (issue note)

@@ -1,4 +1,5 @@
 """Shared builders for the model tests: configs, tiny batches with ground truth."""
+
 import os
 
 import torch
@@ -20,18 +21,58 @@ ALL_CONFIGS = RELEASED_CONFIGS + ("ddetr_r50_fpn.yaml",)
 # (same structure: every stage, window attention, pooling, squeeze-excitation; fewer and narrower
 # blocks) and need no ImageNet file.
 BACKBONE_CONFIGS = {
-    "ddetr_swin_t.yaml": ["MODEL.SWIN.EMBED_DIM", "32", "MODEL.SWIN.DEPTHS", "[1, 1, 2, 1]",
-                          "MODEL.SWIN.NUM_HEADS", "[1, 2, 2, 4]", "MODEL.SWIN.WINDOW_SIZE", "4"],
-    "ddetr_vit_b.yaml": ["MODEL.VIT.IMG_SIZE", "256", "INPUT.MAX_SIZE_TRAIN", "256",
-                         "INPUT.MAX_SIZE_TEST", "256", "MODEL.VIT.EMBED_DIM", "64",
-                         "MODEL.VIT.DEPTH", "3", "MODEL.VIT.NUM_HEADS", "2",
-                         "MODEL.VIT.WINDOW_SIZE", "4", "MODEL.VIT.WINDOW_BLOCK_INDEXES", "[0, 1]",
-                         "MODEL.VIT.OUT_CHANNELS", "64"],
-    "ddetr_mvitv2_t.yaml": ["MODEL.MVIT.EMBED_DIM", "32", "MODEL.MVIT.DEPTH", "5",
-                            "MODEL.MVIT.LAST_BLOCK_INDEXES", "[0, 1, 3, 4]"],
-    "ddetr_regnety_4gf.yaml": ["MODEL.REGNET.DEPTH", "5", "MODEL.REGNET.W_0", "16",
-                               "MODEL.REGNET.W_A", "24.0", "MODEL.REGNET.W_M", "2.0",
-                               "MODEL.REGNET.GROUP_WIDTH", "8", "MODEL.REGNET.STEM_WIDTH", "16"],
+    "ddetr_swin_t.yaml": [
+        "MODEL.SWIN.EMBED_DIM",
+        "32",
+        "MODEL.SWIN.DEPTHS",
+        "[1, 1, 2, 1]",
+        "MODEL.SWIN.NUM_HEADS",
+        "[1, 2, 2, 4]",
+        "MODEL.SWIN.WINDOW_SIZE",
+        "4",
+    ],
+    "ddetr_vit_b.yaml": [
+        "MODEL.VIT.IMG_SIZE",
+        "256",
+        "INPUT.MAX_SIZE_TRAIN",
+        "256",
+        "INPUT.MAX_SIZE_TEST",
+        "256",
+        "MODEL.VIT.EMBED_DIM",
+        "64",
+        "MODEL.VIT.DEPTH",
+        "3",
+        "MODEL.VIT.NUM_HEADS",
+        "2",
+        "MODEL.VIT.WINDOW_SIZE",
+        "4",
+        "MODEL.VIT.WINDOW_BLOCK_INDEXES",
+        "[0, 1]",
+        "MODEL.VIT.OUT_CHANNELS",
+        "64",
+    ],
+    "ddetr_mvitv2_t.yaml": [
+        "MODEL.MVIT.EMBED_DIM",
+        "32",
+        "MODEL.MVIT.DEPTH",
+        "5",
+        "MODEL.MVIT.LAST_BLOCK_INDEXES",
+        "[0, 1, 3, 4]",
+    ],
+    "ddetr_regnety_4gf.yaml": [
+        "MODEL.REGNET.DEPTH",
+        "5",
+        "MODEL.REGNET.W_0",
+        "16",
+        "MODEL.REGNET.W_A",
+        "24.0",
+        "MODEL.REGNET.W_M",
+        "2.0",
+        "MODEL.REGNET.GROUP_WIDTH",
+        "8",
+        "MODEL.REGNET.STEM_WIDTH",
+        "16",
+    ],
 }
 NO_WEIGHTS = ("MODEL.WEIGHTS", "")
 
@@ -60,8 +101,16 @@ def instances(h, w, boxes, classes):
 def training_batch():
     """Two images of different sizes, the second with no objects."""
     return [
-        {"image": image(64, 96, 0), "height": 64, "width": 96,
-         "instances": instances(64, 96, [[4, 6, 40, 50], [50, 10, 90, 60]], [3, 17])},
-        {"image": image(48, 72, 1), "height": 48, "width": 72,
-         "instances": instances(48, 72, [], [])},
+        {
+            "image": image(64, 96, 0),
+            "height": 64,
+            "width": 96,
+            "instances": instances(64, 96, [[4, 6, 40, 50], [50, 10, 90, 60]], [3, 17]),
+        },
+        {
+            "image": image(48, 72, 1),
+            "height": 48,
+            "width": 72,
+            "instances": instances(48, 72, [], []),
+        },
     ]

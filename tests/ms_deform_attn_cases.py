@@ -8,6 +8,7 @@ same already-rounded inputs, so only the kernel's own arithmetic is measured).
 
 `isa_report` is here, not in a test module, because test_isa_variant runs it in a subprocess.
 """
+
 import contextlib
 import math
 
@@ -121,12 +122,25 @@ def border_locations(shape, generator):
     near0 = -0.04 + 0.08 * u
     near1 = 0.96 + 0.08 * u
     outside = torch.where(u < 0.5, -0.8 - u, 1.7 + u)
-    return torch.where(kind == 0, near0, torch.where(kind == 1, near1,
-                       torch.where(kind == 4, outside, u)))
+    return torch.where(
+        kind == 0, near0, torch.where(kind == 1, near1, torch.where(kind == 4, outside, u))
+    )
 
 
-def make_inputs(levels=LEVELS, N=2, Lq=5, M=2, D=8, P=3, dtype=torch.float64, lo=-0.1, hi=1.1,
-                seed=0, margin=None, border=False):
+def make_inputs(
+    levels=LEVELS,
+    N=2,
+    Lq=5,
+    M=2,
+    D=8,
+    P=3,
+    dtype=torch.float64,
+    lo=-0.1,
+    hi=1.1,
+    seed=0,
+    margin=None,
+    border=False,
+):
     """Random valid inputs: value ~ N(0, 1); locations uniform in [lo, hi] (or `border_locations`),
     kept `margin` pixels off the kinks when given; attention weights a softmax over the L * P
     samples of each query and head. Returns (value, spatial_shapes, level_start_index,
@@ -222,8 +236,7 @@ def isa_report():
     report = {"torch_capability": torch.backends.cpu.get_cpu_capability()}
     for dtype in KERNEL_DTYPES:
         value, shapes, starts, loc, weights = make_inputs(
-            N=2, Lq=20, M=2, D=71, P=3, dtype=dtype, seed=16, border=True,
-            margin=KINK_MARGIN[dtype]
+            N=2, Lq=20, M=2, D=71, P=3, dtype=dtype, seed=16, border=True, margin=KINK_MARGIN[dtype]
         )
         grad_out = torch.randn(2, 20, 142, generator=torch.Generator().manual_seed(17)).to(dtype)
         got = kernel_grads(value, shapes, starts, loc, weights, grad_out)
@@ -236,8 +249,9 @@ def isa_report():
             ratios["grad_" + name] = err_ratio(a, e, g_rtol, g_atol * max(float(e.abs().max()), 1))
         report[str(dtype)] = {
             "ratios": ratios,
-            "max_abs_err": {k: float((a.double() - e).abs().max())
-                            for k, a, e in zip(ratios, got, expected)},
+            "max_abs_err": {
+                k: float((a.double() - e).abs().max()) for k, a, e in zip(ratios, got, expected)
+            },
             "deterministic": all(torch.equal(a, b) for a, b in zip(got, again)),
             "min_kink_distance": min_kink_distance(loc, shapes),
         }

@@ -1,5 +1,6 @@
 """The repository's paths, computed once from this file (tests/ itself) so that they are the same
 from every test folder and moving a test never changes them."""
+
 import os
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

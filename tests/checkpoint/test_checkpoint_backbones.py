@@ -11,10 +11,9 @@ and every value lands where the authors' name says; torchvision's RegNetY-400MF 
 stage outputs as our backbone with its converted weights. Files of another family, truncated,
 extended, of another size or holding code are refused with their problem.
 """
-import dataclasses
+
 import os
 import re
-from typing import Callable, Dict, NamedTuple
 
 import pytest
 import torch
@@ -22,10 +21,11 @@ import torchvision
 from detectron2.modeling import build_backbone
 
 from backbone_weights_cases import (
-    official_mvit,
-    official_swin,
+    CASES,
+    expected_names,
+    meta_state_dict,
+    small_family,
     official_vit,
-    pycls_regnet,
     random_state_dict,
 )
 from checkpoint_cases import (
@@ -41,96 +41,11 @@ from deformable_detr.checkpoint import (
     SWIN,
     TORCHVISION_REGNET,
     VIT,
-    BackboneVariant,
     convert_backbone,
     convert_backbone_file,
     torchvision_to_detectron2_regnet_name,
 )
-from deformable_detr.checkpoint.mvit import MViTParams
-from deformable_detr.checkpoint.regnet import RegNetParams
-from deformable_detr.checkpoint.swin import SwinParams
-from deformable_detr.checkpoint.vit import ViTParams
 from model_cases import build, model_cfg
-
-
-class Case(NamedTuple):
-    family: object
-    config: str
-    default: str  # the variant of the config, built at real size
-    real_tree: Callable  # the official tree of `default`
-    small_tree: Callable
-    small: BackboneVariant  # the converter's variant for small_tree, with the model's keys
-    wrap: Callable  # the file's container
-    prefix: str  # where the backbone's names start in the model
-    renamed: Dict[str, str]  # official -> model names that change beyond the prefix
-    dropped: str  # official names without counterpart
-    not_in_file: str  # model names the file does not fill
-
-
-def _model_state(sd):
-    return {"model": sd}
-
-
-def _pycls_state(sd):  # as pycls and mvit save: the training state around the weights
-    return {"epoch": 100, "model_state": sd, "optimizer_state": {}, "cfg": "MODEL:\n  TYPE: x\n"}
-
-
-SMALL_SWIN = ["MODEL.SWIN.EMBED_DIM", "32", "MODEL.SWIN.DEPTHS", "[2,2,2,2]",
-              "MODEL.SWIN.NUM_HEADS", "[1,2,2,4]", "MODEL.SWIN.WINDOW_SIZE", "7"]
-SMALL_MVIT = ["MODEL.MVIT.EMBED_DIM", "32", "MODEL.MVIT.DEPTH", "5",
-              "MODEL.MVIT.LAST_BLOCK_INDEXES", "[0,1,3,4]"]
-SMALL_VIT = ["MODEL.VIT.IMG_SIZE", "256", "INPUT.MAX_SIZE_TRAIN", "256", "INPUT.MAX_SIZE_TEST",
-             "256", "MODEL.VIT.EMBED_DIM", "64", "MODEL.VIT.DEPTH", "3", "MODEL.VIT.NUM_HEADS",
-             "2", "MODEL.VIT.WINDOW_SIZE", "4", "MODEL.VIT.WINDOW_BLOCK_INDEXES", "[0,1]",
-             "MODEL.VIT.OUT_CHANNELS", "64"]
-SMALL_REGNET = ["MODEL.REGNET.DEPTH", "8", "MODEL.REGNET.W_0", "24", "MODEL.REGNET.W_A", "24.0",
-                "MODEL.REGNET.W_M", "2.0", "MODEL.REGNET.GROUP_WIDTH", "8"]  # 4 stages
-
-CASES = {
-    "swin": Case(
-        SWIN, "ddetr_swin_t.yaml", "swin_t",
-        lambda: official_swin(96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
-        lambda: official_swin(32, (2, 2, 2, 2), (1, 2, 2, 4), 7),
-        BackboneVariant("small", SwinParams(32, (2, 2, 2, 2), (1, 2, 2, 4), 7), tuple(SMALL_SWIN)),
-        _model_state, "backbone.", {"norm.weight": "norm3.weight", "norm.bias": "norm3.bias"},
-        r"head\..*|layers\.\d\.blocks\.\d\.attn_mask", r"backbone\.norm[12]\..*"),
-    "mvit": Case(
-        MVIT, "ddetr_mvitv2_t.yaml", "mvitv2_t",
-        lambda: official_mvit(10, (1, 3, 8)),
-        lambda: official_mvit(5, (1, 2, 4), embed_dim=32),
-        BackboneVariant("small", MViTParams(32, 1, 5, (0, 1, 3, 4)), tuple(SMALL_MVIT)),
-        _pycls_state, "backbone.", {"norm.weight": "scale5_norm.weight",
-                                    "norm.bias": "scale5_norm.bias"},
-        r"head\..*", r"backbone\.scale[234]_norm\..*"),
-    "vit": Case(
-        VIT, "ddetr_vit_b.yaml", "vit_b",
-        lambda: official_vit(768, 12),
-        lambda: official_vit(64, 3),
-        BackboneVariant("small", ViTParams(64, 3), tuple(SMALL_VIT)),
-        _model_state, "backbone.net.", {}, r"cls_token|norm\..*",
-        r"backbone\.net\.blocks\.\d+\.attn\.rel_pos_[hw]|backbone\.simfp_.*"),
-    "regnet": Case(
-        PYCLS_REGNET, "ddetr_regnety_4gf.yaml", "regnety_4gf",
-        lambda: pycls_regnet(22, 96, 31.41, 2.24, 64, 0.25),
-        lambda: pycls_regnet(8, 24, 24.0, 2.0, 8, 0.25),
-        BackboneVariant("small", RegNetParams(8, 24, 24.0, 2.0, 8, 0.25), tuple(SMALL_REGNET)),
-        _pycls_state, "backbone.", {}, r"head\..*|.*num_batches_tracked", r"$^"),
-}
-
-
-def _expected_names(case, official):
-    """The model name of every official name that is kept, by the case's own table."""
-    return {k: case.prefix + case.renamed.get(k, k) for k in official
-            if not re.fullmatch(case.dropped, k)}
-
-
-def _meta(tree):
-    with torch.device("meta"):
-        return tree().state_dict()
-
-
-def _small_family(case):
-    return dataclasses.replace(case.family, variants={"small": case.small})
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -141,13 +56,14 @@ def test_real_size_file_fills_the_backbone_that_the_printed_keys_build(name):
     converted, variant, _ = convert_backbone(case.wrap(official), [case.family])
     assert variant == case.family.variants[case.default]
 
-    expected = _expected_names(case, official)
+    expected = expected_names(case, official)
     assert set(converted) == set(expected.values())
     assert all(converted[expected[k]].shape == official[k].shape for k in expected)
     cfg = model_cfg(case.config, ["MODEL.WEIGHTS", "", *variant.opts])
     model = {f"backbone.{k}": v.shape for k, v in build_backbone(cfg).state_dict().items()}
     assert {k: v.shape for k, v in converted.items()} == {
-        k: v for k, v in model.items() if not re.fullmatch(case.not_in_file, k)}
+        k: v for k, v in model.items() if not re.fullmatch(case.not_in_file, k)
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -156,7 +72,7 @@ def test_small_file_initialises_the_backbone_through_the_checkpointer(tmp_path, 
     official = random_state_dict(case.small_tree(), seed=0)
     source, target = tmp_path / "official.pth", tmp_path / "converted.pth"
     torch.save(case.wrap(official), source)
-    variant, family = convert_backbone_file(str(source), str(target), [_small_family(case)])
+    variant, family = convert_backbone_file(str(source), str(target), [small_family(case)])
     assert variant is case.small and family.layout_name == case.family.layout_name
 
     model = build(case.config, opts=["MODEL.WEIGHTS", "", *case.small.opts])
@@ -166,20 +82,28 @@ def test_small_file_initialises_the_backbone_through_the_checkpointer(tmp_path, 
     assert incompatible.unexpected_keys == [] and incompatible.incorrect_shapes == []
     backbone = {k for k in model.state_dict() if k.startswith("backbone.")}
     assert set(incompatible.missing_keys) == (set(model.state_dict()) - backbone) | {
-        k for k in backbone if re.fullmatch(case.not_in_file, k)}
+        k for k in backbone if re.fullmatch(case.not_in_file, k)
+    }
     state = model.state_dict()
-    for official_name, model_name in _expected_names(case, official).items():
-        torch.testing.assert_close(state[model_name], official[official_name], rtol=0, atol=0,
-                                   msg=official_name)
+    for official_name, model_name in expected_names(case, official).items():
+        torch.testing.assert_close(
+            state[model_name], official[official_name], rtol=0, atol=0, msg=official_name
+        )
 
 
 # the variants but the configs' own (test_real_size_file_...): RegNet builds on the meta device,
 # the others call .item() on a tensor while they build and take seconds at real size
 OTHER_VARIANTS = [
     pytest.param(name, family, key, marks=[] if name == "regnet" else [pytest.mark.slow], id=key)
-    for name, families in (("swin", [SWIN]), ("mvit", [MVIT]), ("vit", [VIT]),
-                           ("regnet", [PYCLS_REGNET, TORCHVISION_REGNET]))
-    for family in families for key in family.variants if key != CASES[name].default
+    for name, families in (
+        ("swin", [SWIN]),
+        ("mvit", [MVIT]),
+        ("vit", [VIT]),
+        ("regnet", [PYCLS_REGNET, TORCHVISION_REGNET]),
+    )
+    for family in families
+    for key in family.variants
+    if key != CASES[name].default
 ]
 
 
@@ -191,16 +115,22 @@ def test_every_other_variant_fills_the_backbone_that_its_keys_build(name, family
         model = build_backbone(cfg).state_dict()
     layout = family.layout(variant.params)
     converted = {f"backbone.{family.rename(k)}": shape for k, shape in layout.items()}
-    assert converted == {f"backbone.{k}": tuple(v.shape) for k, v in model.items()
-                         if not re.fullmatch(CASES[name].not_in_file, f"backbone.{k}")}
+    assert converted == {
+        f"backbone.{k}": tuple(v.shape)
+        for k, v in model.items()
+        if not re.fullmatch(CASES[name].not_in_file, f"backbone.{k}")
+    }
 
 
 @pytest.mark.parametrize("final, classes", [("fc_norm", 1000), ("norm", 1000)])
 def test_fine_tuned_mae_and_deit_files_lose_only_their_head(final, classes):
-    official = _meta(lambda: official_vit(64, 3, final=final, classes=classes))
-    converted, _, _ = convert_backbone({"model": official}, [_small_family(CASES["vit"])])
-    assert set(converted) == {f"backbone.net.{k}" for k in official
-                              if k.startswith(("blocks.", "patch_embed.", "pos_embed"))}
+    official = meta_state_dict(lambda: official_vit(64, 3, final=final, classes=classes))
+    converted, _, _ = convert_backbone({"model": official}, [small_family(CASES["vit"])])
+    assert set(converted) == {
+        f"backbone.net.{k}"
+        for k in official
+        if k.startswith(("blocks.", "patch_embed.", "pos_embed"))
+    }
 
 
 def _torchvision_stages(model, x):
@@ -235,69 +165,108 @@ def test_torchvision_regnet_computes_torchvisions_stage_outputs(tmp_path):
         torch.testing.assert_close(value, expected[stage], rtol=1e-5, atol=1e-5, msg=stage)
 
 
-@pytest.mark.parametrize("torchvision_name, detectron2_name", [
-    ("stem.0.weight", "stem.conv.weight"),
-    ("stem.1.running_var", "stem.bn.running_var"),
-    ("trunk_output.block1.block1-0.proj.0.weight", "s1.b1.proj.weight"),
-    ("trunk_output.block1.block1-0.proj.1.bias", "s1.b1.bn.bias"),
-    ("trunk_output.block2.block2-3.f.b.0.weight", "s2.b4.f.b.weight"),
-    ("trunk_output.block3.block3-1.f.c.1.running_mean", "s3.b2.f.c_bn.running_mean"),
-    ("trunk_output.block4.block4-0.f.se.fc1.bias", "s4.b1.f.se.f_ex.0.bias"),
-    ("trunk_output.block4.block4-0.f.se.fc2.weight", "s4.b1.f.se.f_ex.2.weight"),
-])
+@pytest.mark.parametrize(
+    "torchvision_name, detectron2_name",
+    [
+        ("stem.0.weight", "stem.conv.weight"),
+        ("stem.1.running_var", "stem.bn.running_var"),
+        ("trunk_output.block1.block1-0.proj.0.weight", "s1.b1.proj.weight"),
+        ("trunk_output.block1.block1-0.proj.1.bias", "s1.b1.bn.bias"),
+        ("trunk_output.block2.block2-3.f.b.0.weight", "s2.b4.f.b.weight"),
+        ("trunk_output.block3.block3-1.f.c.1.running_mean", "s3.b2.f.c_bn.running_mean"),
+        ("trunk_output.block4.block4-0.f.se.fc1.bias", "s4.b1.f.se.f_ex.0.bias"),
+        ("trunk_output.block4.block4-0.f.se.fc2.weight", "s4.b1.f.se.f_ex.2.weight"),
+    ],
+)
 def test_torchvision_regnet_names(torchvision_name, detectron2_name):
     assert torchvision_to_detectron2_regnet_name(torchvision_name) == detectron2_name
 
 
-@pytest.mark.parametrize("name", ["fc.weight", "trunk_output.block1.block2-0.f.a.0.weight",
-                                  "trunk_output.block1.block1-0.f.d.0.weight"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fc.weight",
+        "trunk_output.block1.block2-0.f.a.0.weight",
+        "trunk_output.block1.block1-0.f.d.0.weight",
+    ],
+)
 def test_torchvision_regnet_names_outside_the_body_are_refused(name):
     with pytest.raises(ValueError, match="not a parameter of torchvision's RegNet body"):
         torchvision_to_detectron2_regnet_name(name)
 
 
-@pytest.mark.parametrize("families, content, message", [
-    ([SWIN], {"layer1.0.conv1.weight": torch.zeros(1)},
-     "this is a torchvision ResNet state dict, not a Swin Transformer checkpoint"),
-    ([VIT], {"model_state": _meta(CASES["mvit"].small_tree)},
-     "this is an MViTv2 checkpoint .*, not a ViT checkpoint"),
-    ([MVIT], {"model": _meta(CASES["swin"].small_tree)},
-     "this is a Swin Transformer checkpoint .*, not an MViTv2 checkpoint"),
-    ([PYCLS_REGNET, TORCHVISION_REGNET], {"model": _meta(CASES["vit"].small_tree)},
-     "this is a ViT checkpoint .*, not a pycls RegNet checkpoint or a torchvision RegNet"),
-    ([SWIN], {"model": {"backbone.patch_embed.proj.weight": torch.zeros(1)}},
-     "this is a Detectron2 checkpoint .*converted already"),
-    ([SWIN], {"model": {"transformer.encoder.layers.0.linear1.weight": torch.zeros(1)}},
-     "this is a released Deformable DETR checkpoint"),
-    ([VIT], {"weights": torch.zeros(1)}, r"this is none of the layouts .*\['weights'\]"),
-    ([VIT], [torch.zeros(1)], "expected a ViT checkpoint .*, got list"),
-])
+@pytest.mark.parametrize(
+    "families, content, message",
+    [
+        (
+            [SWIN],
+            {"layer1.0.conv1.weight": torch.zeros(1)},
+            "this is a torchvision ResNet state dict, not a Swin Transformer checkpoint",
+        ),
+        (
+            [VIT],
+            {"model_state": meta_state_dict(CASES["mvit"].small_tree)},
+            "this is an MViTv2 checkpoint .*, not a ViT checkpoint",
+        ),
+        (
+            [MVIT],
+            {"model": meta_state_dict(CASES["swin"].small_tree)},
+            "this is a Swin Transformer checkpoint .*, not an MViTv2 checkpoint",
+        ),
+        (
+            [PYCLS_REGNET, TORCHVISION_REGNET],
+            {"model": meta_state_dict(CASES["vit"].small_tree)},
+            "this is a ViT checkpoint .*, not a pycls RegNet checkpoint or a torchvision RegNet",
+        ),
+        (
+            [SWIN],
+            {"model": {"backbone.patch_embed.proj.weight": torch.zeros(1)}},
+            "this is a Detectron2 checkpoint .*converted already",
+        ),
+        (
+            [SWIN],
+            {"model": {"transformer.encoder.layers.0.linear1.weight": torch.zeros(1)}},
+            "this is a released Deformable DETR checkpoint",
+        ),
+        ([VIT], {"weights": torch.zeros(1)}, r"this is none of the layouts .*\['weights'\]"),
+        ([VIT], [torch.zeros(1)], "expected a ViT checkpoint .*, got list"),
+    ],
+)
 def test_files_of_other_layouts_are_refused_by_name(families, content, message):
     with pytest.raises(ValueError, match=message):
         convert_backbone(content, families)
 
 
 def _small_swin(edit):
-    official = dict(_meta(CASES["swin"].small_tree))
+    official = dict(meta_state_dict(CASES["swin"].small_tree))
     edit(official)
     return official
 
 
-@pytest.mark.parametrize("official, message", [
-    (_small_swin(lambda w: w.pop("layers.1.blocks.0.attn.qkv.weight")),
-     "1 missing key.*: layers.1.blocks.0.attn.qkv.weight"),
-    (_small_swin(lambda w: w.update({"layers.0.blocks.0.attn.extra": torch.zeros(1)})),
-     "1 unknown key.*: layers.0.blocks.0.attn.extra"),
-    (_small_swin(lambda w: w.update({"norm.weight": torch.zeros(7)})),
-     r"1 wrong shape.*: norm.weight expected \(256,\), got \(7,\)"),
-])
+@pytest.mark.parametrize(
+    "official, message",
+    [
+        (
+            _small_swin(lambda w: w.pop("layers.1.blocks.0.attn.qkv.weight")),
+            "1 missing key.*: layers.1.blocks.0.attn.qkv.weight",
+        ),
+        (
+            _small_swin(lambda w: w.update({"layers.0.blocks.0.attn.extra": torch.zeros(1)})),
+            "1 unknown key.*: layers.0.blocks.0.attn.extra",
+        ),
+        (
+            _small_swin(lambda w: w.update({"norm.weight": torch.zeros(7)})),
+            r"1 wrong shape.*: norm.weight expected \(256,\), got \(7,\)",
+        ),
+    ],
+)
 def test_truncated_extended_or_misshapen_files_are_refused(official, message):
     with pytest.raises(ValueError, match=message):
-        convert_backbone({"model": official}, [_small_family(CASES["swin"])])
+        convert_backbone({"model": official}, [small_family(CASES["swin"])])
 
 
 def test_a_file_of_another_variant_is_refused_with_the_keys_that_build_it():
-    swin_t = _meta(CASES["swin"].real_tree)
+    swin_t = meta_state_dict(CASES["swin"].real_tree)
     with pytest.raises(ValueError) as error:
         convert_backbone({"model": swin_t}, [SWIN], variant="swin_b")
     message = str(error.value)
@@ -310,12 +279,14 @@ def test_a_file_of_another_variant_is_refused_with_the_keys_that_build_it():
 def test_a_size_no_variant_has_is_refused(name):
     case = CASES[name]  # the small trees are not in the converters' tables
     with pytest.raises(ValueError, match="The file is none of the variants this converter knows"):
-        convert_backbone(case.wrap(_meta(case.small_tree)), [case.family])
+        convert_backbone(case.wrap(meta_state_dict(case.small_tree)), [case.family])
 
 
 def test_an_unknown_variant_name_is_refused():
     with pytest.raises(ValueError, match=r"variant must be one of \['mvitv2_b', .*got 'swin_t'"):
-        convert_backbone({"model_state": _meta(CASES["mvit"].real_tree)}, [MVIT], "swin_t")
+        convert_backbone(
+            {"model_state": meta_state_dict(CASES["mvit"].real_tree)}, [MVIT], "swin_t"
+        )
 
 
 def test_code_in_the_file_is_refused_and_never_run(tmp_path):
@@ -326,14 +297,17 @@ def test_code_in_the_file_is_refused_and_never_run(tmp_path):
     assert not marker.exists() and not (tmp_path / "out.pth").exists()
 
 
-@pytest.mark.parametrize("tool", ["convert_swin.py", "convert_mvit.py", "convert_vit.py",
-                                  "convert_regnet.py"])
+@pytest.mark.parametrize(
+    "tool", ["convert_swin.py", "convert_mvit.py", "convert_vit.py", "convert_regnet.py"]
+)
 def test_the_tools_exit_with_the_error_and_write_nothing(tmp_path, tool):
     source, target = tmp_path / "resnet.pth", tmp_path / "out.pth"
     torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, source)
     with pytest.raises(SystemExit) as exit:
-        load_script(os.path.join("tools", tool)).main(["--input", str(source),
-                                                       "--output", str(target)])
+        load_script(os.path.join("tools", tool)).main(
+            ["--input", str(source), "--output", str(target)]
+        )
     assert str(exit.value.code).startswith(
-        f"error: {source}: this is a torchvision ResNet state dict, not a")
+        f"error: {source}: this is a torchvision ResNet state dict, not a"
+    )
     assert not target.exists()

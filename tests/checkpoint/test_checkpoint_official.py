@@ -7,6 +7,7 @@ run; every tensor is traced back to its source, the class rows to their category
 are refused with a message naming the problem, and nothing but tensors, containers and the
 stored args is ever unpickled.
 """
+
 import runpy
 
 import pytest
@@ -118,8 +119,15 @@ def test_script_converts_with_the_variant_flag_and_prints_the_config(tmp_path):
         script["main"](["--input", str(released), "--output", str(converted)])
     assert not converted.exists()
 
-    done = run_tool("convert_official_checkpoint.py", "--input", released, "--output", converted,
-                    "--variant", "single_scale_dc5")
+    done = run_tool(
+        "convert_official_checkpoint.py",
+        "--input",
+        released,
+        "--output",
+        converted,
+        "--variant",
+        "single_scale_dc5",
+    )
     assert done.returncode == 0, done.stderr
     assert "configs/ddetr_r50_single_scale_dc5.yaml" in done.stdout
     checkpoint = torch.load(converted, weights_only=True)
@@ -142,14 +150,17 @@ def test_variant_is_detected_from_the_keys_and_the_args(name):
         assert detect_variant(weights).name == name
 
 
-@pytest.mark.parametrize("name, args, variant, message", [
-    ("multi_scale", dict(two_stage=True), None, "args say two_stage=True but the weights say"),
-    ("single_scale", dict(num_feature_levels=4), None, "args say num_feature_levels=4"),
-    ("multi_scale", dict(dilation=True), None, "no released variant has"),
-    ("multi_scale", None, "box_refine", "variant 'box_refine' has with_box_refine=True"),
-    ("single_scale", dict(dilation=False), "single_scale_dc5", "has dilation=True"),
-    ("multi_scale", None, "r101", "variant must be one of"),
-])
+@pytest.mark.parametrize(
+    "name, args, variant, message",
+    [
+        ("multi_scale", dict(two_stage=True), None, "args say two_stage=True but the weights say"),
+        ("single_scale", dict(num_feature_levels=4), None, "args say num_feature_levels=4"),
+        ("multi_scale", dict(dilation=True), None, "no released variant has"),
+        ("multi_scale", None, "box_refine", "variant 'box_refine' has with_box_refine=True"),
+        ("single_scale", dict(dilation=False), "single_scale_dc5", "has dilation=True"),
+        ("multi_scale", None, "r101", "variant must be one of"),
+    ],
+)
 def test_variant_disagreements_are_refused(name, args, variant, message):
     stored = None if args is None else released_args(name, **args)
     with pytest.raises(ValueError, match=message):
@@ -166,24 +177,57 @@ def _with(weights, key, value):
     return weights
 
 
-@pytest.mark.parametrize("content, message", [
-    ([torch.zeros(2)], "expected a dict with 'model', got list"),
-    ({"state_dict": {}, "epoch": 3}, "has no 'model' entry"),
-    ({"model": [torch.zeros(2)]}, "'model' must be a state dict"),
-    ({"model": {"head.weight": torch.zeros(2)}}, "neither transformer.level_embed nor input_proj"),
-    ({"model": _without(released_meta_state_dict("multi_scale"),
-                        "transformer.encoder.layers.3.norm2.bias")},
-     "1 missing key.*: transformer.encoder.layers.3.norm2.bias"),
-    ({"model": _with(released_meta_state_dict("two_stage"), "transformer.extra.weight",
-                     torch.zeros(1))},
-     "1 unknown key.*: transformer.extra.weight"),
-    ({"model": _with(released_meta_state_dict("box_refine"), "query_embed.weight",
-                     torch.empty(300, 256, device="meta"))},
-     r"1 wrong shape.*: query_embed.weight expected \(300, 512\), got \(300, 256\)"),
-    ({"model": _with(released_meta_state_dict("multi_scale"), "class_embed.2.bias",
-                     torch.empty(80, device="meta"))},
-     r"class_embed.2.bias expected \(91,\), got \(80,\)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([torch.zeros(2)], "expected a dict with 'model', got list"),
+        ({"state_dict": {}, "epoch": 3}, "has no 'model' entry"),
+        ({"model": [torch.zeros(2)]}, "'model' must be a state dict"),
+        (
+            {"model": {"head.weight": torch.zeros(2)}},
+            "neither transformer.level_embed nor input_proj",
+        ),
+        (
+            {
+                "model": _without(
+                    released_meta_state_dict("multi_scale"),
+                    "transformer.encoder.layers.3.norm2.bias",
+                )
+            },
+            "1 missing key.*: transformer.encoder.layers.3.norm2.bias",
+        ),
+        (
+            {
+                "model": _with(
+                    released_meta_state_dict("two_stage"),
+                    "transformer.extra.weight",
+                    torch.zeros(1),
+                )
+            },
+            "1 unknown key.*: transformer.extra.weight",
+        ),
+        (
+            {
+                "model": _with(
+                    released_meta_state_dict("box_refine"),
+                    "query_embed.weight",
+                    torch.empty(300, 256, device="meta"),
+                )
+            },
+            r"1 wrong shape.*: query_embed.weight expected \(300, 512\), got \(300, 256\)",
+        ),
+        (
+            {
+                "model": _with(
+                    released_meta_state_dict("multi_scale"),
+                    "class_embed.2.bias",
+                    torch.empty(80, device="meta"),
+                )
+            },
+            r"class_embed.2.bias expected \(91,\), got \(80,\)",
+        ),
+    ],
+)
 def test_bad_files_are_refused_with_their_problem(tmp_path, content, message):
     assert_bad_file_refused(convert_official_checkpoint, tmp_path, content, message)
 
@@ -195,10 +239,13 @@ def test_a_file_that_is_not_a_torch_file_is_refused(tmp_path):
         load_official_checkpoint(str(path))
 
 
-@pytest.mark.parametrize("key, source", [
-    ("class_embed.3.bias", "class_embed.0.bias"),  # shared heads are equal copies
-    ("bbox_embed.5.layers.2.weight", "bbox_embed.0.layers.2.weight"),
-])
+@pytest.mark.parametrize(
+    "key, source",
+    [
+        ("class_embed.3.bias", "class_embed.0.bias"),  # shared heads are equal copies
+        ("bbox_embed.5.layers.2.weight", "bbox_embed.0.layers.2.weight"),
+    ],
+)
 def test_shared_head_copies_that_differ_are_refused(key, source):
     weights = {k: torch.zeros(v.shape) for k, v in released_meta_state_dict("multi_scale").items()}
     weights[key] = weights[key] + 1
@@ -209,8 +256,9 @@ def test_shared_head_copies_that_differ_are_refused(key, source):
 def test_profiler_counters_are_dropped():
     # thop adds these buffers to every module it profiles; the authors' main.py ignores them
     weights = {k: torch.zeros(v.shape) for k, v in released_meta_state_dict("multi_scale").items()}
-    weights.update({"total_ops": torch.zeros(1),
-                    "transformer.encoder.total_params": torch.zeros(1)})
+    weights.update(
+        {"total_ops": torch.zeros(1), "transformer.encoder.total_params": torch.zeros(1)}
+    )
     converted = convert_official_state_dict(weights, VARIANTS["multi_scale"])
     assert not any(k.endswith(("total_ops", "total_params")) for k in converted)
 
@@ -239,7 +287,14 @@ def test_code_in_the_file_is_refused_and_never_run(tmp_path):
 def test_legacy_format_files_with_args_load(tmp_path):
     # the released files were written by PyTorch 1.5/1.6, possibly in the pre-zip format
     path = tmp_path / "legacy.pth"
-    torch.save({"model": {"transformer.level_embed": torch.zeros(4, 256)}, "epoch": 49,
-                "args": released_args("two_stage")}, path, _use_new_zipfile_serialization=False)
+    torch.save(
+        {
+            "model": {"transformer.level_embed": torch.zeros(4, 256)},
+            "epoch": 49,
+            "args": released_args("two_stage"),
+        },
+        path,
+        _use_new_zipfile_serialization=False,
+    )
     checkpoint = load_official_checkpoint(str(path))
     assert checkpoint["args"].two_stage is True and checkpoint["args"].lr_drop_epochs is None

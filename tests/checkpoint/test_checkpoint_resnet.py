@@ -6,6 +6,7 @@ and the dilated res5 of DC5); the converted file initialises the backbone of a f
 Detectron2's checkpointer, the rest reported missing; bad files are refused with their problem.
 Random weights and BN statistics, nothing downloaded.
 """
+
 import pytest
 import torch
 import torchvision
@@ -29,16 +30,19 @@ from model_cases import build
 ALL_LEVELS = ["MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]]
 
 
-@pytest.mark.parametrize("torchvision_name, detectron2_name", [
-    ("conv1.weight", "stem.conv1.weight"),
-    ("bn1.running_var", "stem.conv1.norm.running_var"),
-    ("layer1.0.conv1.weight", "res2.0.conv1.weight"),
-    ("layer1.0.bn2.bias", "res2.0.conv2.norm.bias"),
-    ("layer1.0.downsample.0.weight", "res2.0.shortcut.weight"),
-    ("layer2.0.downsample.1.running_mean", "res3.0.shortcut.norm.running_mean"),
-    ("layer3.5.conv2.weight", "res4.5.conv2.weight"),
-    ("layer4.2.bn3.weight", "res5.2.conv3.norm.weight"),
-])
+@pytest.mark.parametrize(
+    "torchvision_name, detectron2_name",
+    [
+        ("conv1.weight", "stem.conv1.weight"),
+        ("bn1.running_var", "stem.conv1.norm.running_var"),
+        ("layer1.0.conv1.weight", "res2.0.conv1.weight"),
+        ("layer1.0.bn2.bias", "res2.0.conv2.norm.bias"),
+        ("layer1.0.downsample.0.weight", "res2.0.shortcut.weight"),
+        ("layer2.0.downsample.1.running_mean", "res3.0.shortcut.norm.running_mean"),
+        ("layer3.5.conv2.weight", "res4.5.conv2.weight"),
+        ("layer4.2.bn3.weight", "res5.2.conv3.norm.weight"),
+    ],
+)
 def test_names(torchvision_name, detectron2_name):
     assert torchvision_to_detectron2_name(torchvision_name) == detectron2_name
 
@@ -75,7 +79,8 @@ def test_dc5_backbone_matches_torchvisions_dilated_resnet():
     model = build("ddetr_r50_single_scale_dc5.yaml")
     converted = convert_torchvision_resnet(reference.state_dict())
     model.backbone.load_state_dict(
-        {k[len("backbone."):]: v for k, v in converted.items()}, strict=True)
+        {k[len("backbone.") :]: v for k, v in converted.items()}, strict=True
+    )
     x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = model.backbone(x)
@@ -88,8 +93,9 @@ def test_fc_and_batch_counters_are_dropped_and_other_depths_accepted():
     with torch.device("meta"):
         weights = torchvision.models.resnet101().state_dict()
     converted = convert_torchvision_resnet(weights)
-    assert len(converted) == sum(1 for k in weights
-                                 if not k.startswith("fc.") and "num_batches_tracked" not in k)
+    assert len(converted) == sum(
+        1 for k in weights if not k.startswith("fc.") and "num_batches_tracked" not in k
+    )
     assert "backbone.res4.22.conv3.norm.running_var" in converted
 
 
@@ -104,15 +110,26 @@ def _edited(edit):
     return weights
 
 
-@pytest.mark.parametrize("content, message", [
-    ([torch.zeros(1)], "expected a state dict .*, got list"),
-    ({"state_dict": _meta_resnet50()}, "layer3 has 0 blocks"),
-    (_edited(lambda w: w.pop("layer2.1.conv1.weight")), "1 missing key.*: layer2.1.conv1.weight"),
-    (_edited(lambda w: w.update({"layer1.0.extra.weight": torch.zeros(1)})),
-     "1 unknown key.*: layer1.0.extra.weight"),
-    (_edited(lambda w: w.update({"layer4.0.conv2.weight": torch.zeros(512, 512, 1, 1)})),
-     r"1 wrong shape.*: layer4.0.conv2.weight expected \(512, 512, 3, 3\), got \(512, 512, 1, 1\)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([torch.zeros(1)], "expected a state dict .*, got list"),
+        ({"state_dict": _meta_resnet50()}, "layer3 has 0 blocks"),
+        (
+            _edited(lambda w: w.pop("layer2.1.conv1.weight")),
+            "1 missing key.*: layer2.1.conv1.weight",
+        ),
+        (
+            _edited(lambda w: w.update({"layer1.0.extra.weight": torch.zeros(1)})),
+            "1 unknown key.*: layer1.0.extra.weight",
+        ),
+        (
+            _edited(lambda w: w.update({"layer4.0.conv2.weight": torch.zeros(512, 512, 1, 1)})),
+            r"1 wrong shape.*: layer4.0.conv2.weight expected \(512, 512, 3, 3\), "
+            r"got \(512, 512, 1, 1\)",
+        ),
+    ],
+)
 def test_bad_files_are_refused_with_their_problem(tmp_path, content, message):
     assert_bad_file_refused(convert_torchvision_resnet_file, tmp_path, content, message)
 

@@ -6,6 +6,7 @@ checkpointer, train_net.py --eval-only and --resume, demo.py, Detectron2's Defau
 must refuse it, name the refused global, and leave no marker behind. Legitimate model-zoo .pkl
 files (numpy arrays, built here in Detectron2's layout) still load with their exact values.
 """
+
 import os
 import pickle
 import shlex
@@ -22,6 +23,7 @@ from cli_cases import load_script
 from deformable_detr.checkpoint import load_weights_file
 from deformable_detr.engine import Trainer, WeightsCheckpointer
 from repo_paths import QUICKSTART, REPO
+
 # (callable, its arguments given the marker path): each creates the marker when called
 PAYLOADS = {
     "os.system": lambda marker: (os.system, (f"touch {shlex.quote(marker)}",)),
@@ -50,8 +52,11 @@ REFUSED = {
 
 def write_malicious(path, marker, kind="os.system"):
     """A weights file in Detectron2's layout whose unpickling would create `marker`."""
-    content = {"model": {"backbone.stem.conv1.weight": Payload(kind, marker)},
-               "__author__": "attacker", "matching_heuristics": True}
+    content = {
+        "model": {"backbone.stem.conv1.weight": Payload(kind, marker)},
+        "__author__": "attacker",
+        "matching_heuristics": True,
+    }
     if str(path).endswith(".pkl"):
         with open(path, "wb") as f:
             pickle.dump(content, f)
@@ -96,10 +101,25 @@ def test_train_net_eval_only_refuses_code(builtin_datasets_env, tmp_path):
     marker = tmp_path / "ran"
     evil = write_malicious(tmp_path / "evil.pkl", marker)
     done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", QUICKSTART,
-         "--eval-only", "MODEL.WEIGHTS", str(evil), "MODEL.DEVICE", "cpu",
-         "OUTPUT_DIR", str(tmp_path / "output")],
-        cwd=REPO, env=builtin_datasets_env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, "train_net.py"),
+            "--config-file",
+            QUICKSTART,
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(evil),
+            "MODEL.DEVICE",
+            "cpu",
+            "OUTPUT_DIR",
+            str(tmp_path / "output"),
+        ],
+        cwd=REPO,
+        env=builtin_datasets_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert f"{evil}: refused to unpickle posix.system" in done.stderr
     assert not marker.exists()
@@ -129,8 +149,9 @@ def test_demo_refuses_code(shapes_root, builtin_datasets_env, tmp_path):
     evil = write_malicious(tmp_path / "evil.pkl", marker)
     image = os.path.join(shapes_root, "ddetr_shapes_val", "images", "00000.jpg")
     with pytest.raises(ValueError, match=r"refused to unpickle posix\.system"):
-        demo.main(["--config-file", QUICKSTART, "--input", image, "--opts",
-                   "MODEL.WEIGHTS", str(evil)])
+        demo.main(
+            ["--config-file", QUICKSTART, "--input", image, "--opts", "MODEL.WEIGHTS", str(evil)]
+        )
     assert not marker.exists()
 
 
@@ -148,13 +169,18 @@ def test_a_model_zoo_pkl_loads_its_exact_values(tmp_path, quick_cfg, protocol):
     backbone names without "backbone.", numpy arrays, matched to the model by name heuristics."""
     model = Trainer.build_model(quick_cfg())
     rng = np.random.default_rng(0)
-    arrays = {name[len("backbone."):]: rng.standard_normal(tuple(value.shape)).astype(np.float32)
-              for name, value in model.state_dict().items()
-              if name.startswith("backbone.") and not name.endswith("num_batches_tracked")}
+    arrays = {
+        name[len("backbone.") :]: rng.standard_normal(tuple(value.shape)).astype(np.float32)
+        for name, value in model.state_dict().items()
+        if name.startswith("backbone.") and not name.endswith("num_batches_tracked")
+    }
     path = tmp_path / "R-18.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": arrays, "__author__": "torchvision", "matching_heuristics": True},
-                    f, protocol=protocol)
+        pickle.dump(
+            {"model": arrays, "__author__": "torchvision", "matching_heuristics": True},
+            f,
+            protocol=protocol,
+        )
     WeightsCheckpointer(model).load(str(path))
     state = model.state_dict()
     for name, array in arrays.items():
@@ -184,24 +210,41 @@ def _damaged_pth(path):
     return path
 
 
-@pytest.mark.parametrize("name, write, message", [
-    ("empty.pth", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    ("empty.pkl", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    ("notes.pth", lambda p: p.write_text("hello weights\n"),
-     r"not a PyTorch checkpoint file .*first bytes are b'hello weights\\n'"),
-    ("notes.pkl", lambda p: p.write_text("hello weights\n"),
-     r"not a pickle file .*first bytes are b'hello weights\\n'"),
-    ("list.pkl", lambda p: p.write_bytes(pickle.dumps([np.zeros(2)])),
-     "not a checkpoint: .*found a list of length 1"),
-    ("text.pkl", lambda p: p.write_bytes(pickle.dumps("weights")),
-     "not a checkpoint: .*found a value of type str: 'weights'"),
-    ("number.pkl", lambda p: p.write_bytes(pickle.dumps(3)), "found a value of type int: 3"),
-    ("no_arrays.pkl", lambda p: p.write_bytes(pickle.dumps({"model": {"w": 1.0}})),
-     r"found a dict without any tensor or array \(keys: \['model'\]\)"),
-    ("list.pth", lambda p: torch.save([torch.zeros(2)], p), "found a list of length 1"),
-    ("damaged.pth", _damaged_pth,
-     r"member '[^']*data/0' does not match its CRC-32 checksum"),
-])
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        ("empty.pth", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        ("empty.pkl", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (
+            "notes.pth",
+            lambda p: p.write_text("hello weights\n"),
+            r"not a PyTorch checkpoint file .*first bytes are b'hello weights\\n'",
+        ),
+        (
+            "notes.pkl",
+            lambda p: p.write_text("hello weights\n"),
+            r"not a pickle file .*first bytes are b'hello weights\\n'",
+        ),
+        (
+            "list.pkl",
+            lambda p: p.write_bytes(pickle.dumps([np.zeros(2)])),
+            "not a checkpoint: .*found a list of length 1",
+        ),
+        (
+            "text.pkl",
+            lambda p: p.write_bytes(pickle.dumps("weights")),
+            "not a checkpoint: .*found a value of type str: 'weights'",
+        ),
+        ("number.pkl", lambda p: p.write_bytes(pickle.dumps(3)), "found a value of type int: 3"),
+        (
+            "no_arrays.pkl",
+            lambda p: p.write_bytes(pickle.dumps({"model": {"w": 1.0}})),
+            r"found a dict without any tensor or array \(keys: \['model'\]\)",
+        ),
+        ("list.pth", lambda p: torch.save([torch.zeros(2)], p), "found a list of length 1"),
+        ("damaged.pth", _damaged_pth, r"member '[^']*data/0' does not match its CRC-32 checksum"),
+    ],
+)
 def test_files_that_are_not_checkpoints_are_refused_clearly(tmp_path, name, write, message):
     path = tmp_path / name
     write(path)

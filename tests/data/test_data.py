@@ -1,5 +1,6 @@
 """The data path: the built-in dataset, DETR's augmentation and resize rounding, and bad inputs
 (missing or corrupt images, zero-size and out-of-image boxes, unknown datasets and keys)."""
+
 import copy
 import json
 import logging
@@ -41,14 +42,17 @@ def test_builtin_dataset_is_deterministic_and_cached(shapes_root, tmp_path):
     assert val["annotations"][: len(a["annotations"])] == a["annotations"]
 
 
-@pytest.mark.parametrize("h,w,short,max_size,expected", [
-    (480, 640, 800, 1333, (800, 1066)),   # Detectron2's rounding would give 1067
-    (375, 500, 800, 1333, (800, 1066)),
-    (426, 640, 800, 1333, (800, 1201)),
-    (100, 1000, 800, 1333, (133, 1330)),  # the longer side caps the size
-    (800, 600, 800, 1333, (1066, 800)),
-    (600, 800, 600, 1333, (600, 800)),    # already the size: unchanged
-])
+@pytest.mark.parametrize(
+    "h,w,short,max_size,expected",
+    [
+        (480, 640, 800, 1333, (800, 1066)),  # Detectron2's rounding would give 1067
+        (375, 500, 800, 1333, (800, 1066)),
+        (426, 640, 800, 1333, (800, 1201)),
+        (100, 1000, 800, 1333, (133, 1330)),  # the longer side caps the size
+        (800, 600, 800, 1333, (1066, 800)),
+        (600, 800, 600, 1333, (600, 800)),  # already the size: unchanged
+    ],
+)
 def test_resize_rounds_as_released(h, w, short, max_size, expected):
     assert detr_resized_size(h, w, short, max_size) == expected
 
@@ -95,8 +99,8 @@ def test_zero_size_and_outside_boxes_are_dropped_and_counted(shapes_root, quick_
     good = d["annotations"][0]
     d["annotations"] = [
         good,
-        {**good, "bbox": [10, 10, 0, 5]},           # zero width
-        {**good, "bbox": [500, 500, 20, 20]},       # outside the 160x128 image
+        {**good, "bbox": [10, 10, 0, 5]},  # zero width
+        {**good, "bbox": [500, 500, 20, 20]},  # outside the 160x128 image
     ]
     cfg = quick_cfg(["INPUT.RANDOM_FLIP", "none"])
     mapper = DetrDatasetMapper(cfg, True)
@@ -115,7 +119,8 @@ def test_unknown_dataset_and_config_key_are_clear_errors(shapes_root, quick_cfg)
 
 
 def test_non_choice_size_sampling_is_refused(quick_cfg):
-    cfg = quick_cfg(["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN",
-                     "(100, 200)"])
+    cfg = quick_cfg(
+        ["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN", "(100, 200)"]
+    )
     with pytest.raises(ValueError, match="MIN_SIZE_TRAIN_SAMPLING"):
         build_detr_augmentation(cfg, is_train=True)

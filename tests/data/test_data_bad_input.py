@@ -1,6 +1,7 @@
 """Bad input on the data path is refused or dropped and counted, never silently wrong: unreadable
 images (refused in evaluation, skipped in training), malformed boxes, wrong INPUT keys, and
 broken COCO json files (found when the Trainer is built, before training or inference)."""
+
 import collections
 import json
 import math
@@ -36,15 +37,23 @@ def _truncated_jpeg(path):
 
 
 def _record(file_name, annotations=(), image_id=1):
-    return {"file_name": file_name, "image_id": image_id, "height": H, "width": W,
-            "annotations": [dict(a, category_id=0, iscrowd=0) for a in annotations]}
+    return {
+        "file_name": file_name,
+        "image_id": image_id,
+        "height": H,
+        "width": W,
+        "annotations": [dict(a, category_id=0, iscrowd=0) for a in annotations],
+    }
 
 
 # --- unreadable images ---------------------------------------------------------------------
 
+
 def test_unreadable_image_in_evaluation_is_an_error_naming_it(tmp_path, quick_cfg):
-    records = [_record(_jpeg(tmp_path / "good.jpg")),
-               _record(_truncated_jpeg(tmp_path / "cut.jpg"), image_id=2)]
+    records = [
+        _record(_jpeg(tmp_path / "good.jpg")),
+        _record(_truncated_jpeg(tmp_path / "cut.jpg"), image_id=2),
+    ]
     DatasetCatalog.register("bad_input_eval", lambda: records)
     try:
         loader = Trainer.build_test_loader(quick_cfg(), "bad_input_eval")
@@ -73,22 +82,27 @@ def test_errors_other_than_reading_the_image_are_not_skipped(tmp_path, quick_cfg
 
 # --- malformed boxes -----------------------------------------------------------------------
 
+
 def test_malformed_boxes_are_dropped_before_any_transform_and_counted(tmp_path, quick_cfg):
     xywh, xyxy = BoxMode.XYWH_ABS, BoxMode.XYXY_ABS
-    record = _record(_jpeg(tmp_path / "a.jpg"), [
-        {"bbox": [20, 30, 40, 50], "bbox_mode": xywh},         # valid: kept as is
-        {"bbox": [50, 10, -20, 20], "bbox_mode": xywh},        # Detectron2: [30, 10, 50, 30]
-        {"bbox": [60, 40, 30, 70], "bbox_mode": xyxy},         # x1 < x0
-        {"bbox": [10, 10, math.inf, 20], "bbox_mode": xywh},   # Detectron2: to the image edge
-        {"bbox": [10, math.nan, 20, 20], "bbox_mode": xywh},
-        {"bbox": [10, 10, 20], "bbox_mode": xywh},
-    ])
+    record = _record(
+        _jpeg(tmp_path / "a.jpg"),
+        [
+            {"bbox": [20, 30, 40, 50], "bbox_mode": xywh},  # valid: kept as is
+            {"bbox": [50, 10, -20, 20], "bbox_mode": xywh},  # Detectron2: [30, 10, 50, 30]
+            {"bbox": [60, 40, 30, 70], "bbox_mode": xyxy},  # x1 < x0
+            {"bbox": [10, 10, math.inf, 20], "bbox_mode": xywh},  # Detectron2: to the image edge
+            {"bbox": [10, math.nan, 20, 20], "bbox_mode": xywh},
+            {"bbox": [10, 10, 20], "bbox_mode": xywh},
+        ],
+    )
     mapper = DetrDatasetMapper(quick_cfg(["INPUT.RANDOM_FLIP", "none"]), True)
     out = mapper(record)
     assert out["image"].shape == (3, H, W)
     assert torch.equal(out["instances"].gt_boxes.tensor, torch.tensor([[20.0, 30.0, 60.0, 80.0]]))
-    assert mapper.dropped == collections.Counter({"width or height <= 0": 2,
-                                                  "not 4 finite numbers": 3})
+    assert mapper.dropped == collections.Counter(
+        {"width or height <= 0": 2, "not 4 finite numbers": 3}
+    )
     assert mapper.dropped_boxes == 5
     summary = mapper.dropped_summary()
     assert "5 boxes dropped" in summary and "2 width or height <= 0" in summary
@@ -101,37 +115,58 @@ def test_malformed_boxes_are_dropped_before_any_transform_and_counted(tmp_path, 
 CROP = ["INPUT.CROP.ENABLED", "True"]
 
 
-@pytest.mark.parametrize("opts,is_train,key,got", [
-    (["INPUT.MIN_SIZE_TRAIN", "(0,)"], True, "MIN_SIZE_TRAIN", "(0,)"),
-    (["INPUT.MIN_SIZE_TRAIN", "()"], True, "MIN_SIZE_TRAIN", "()"),
-    (["INPUT.MAX_SIZE_TRAIN", "0"], True, "MAX_SIZE_TRAIN", "0"),
-    (["INPUT.MIN_SIZE_TEST", "0"], False, "MIN_SIZE_TEST", "0"),
-    (["INPUT.MAX_SIZE_TEST", "-5"], False, "MAX_SIZE_TEST", "-5"),
-    (["INPUT.RANDOM_FLIP", "diagonal"], True, "RANDOM_FLIP", "'diagonal'"),
-    # PIL fails on the mode for every image: training would skip them all as unreadable
-    (["INPUT.FORMAT", "rgb"], True, "FORMAT", "'rgb'"),
-    (["INPUT.FORMAT", "RGBA"], False, "FORMAT", "'RGBA'"),
-    (CROP + ["INPUT.RESIZE_BEFORE_CROP", "[0, 400]"], True, "RESIZE_BEFORE_CROP", "[0, 400]"),
-    (CROP + ["INPUT.CROP.TYPE", "square"], True, "CROP.TYPE", "'square'"),
-    # pixel sizes with Detectron2's default relative_range: "Shape computation in RandomCrop
-    # has bugs"
-    (CROP + ["INPUT.CROP.TYPE", "relative_range", "INPUT.CROP.SIZE", "[384, 600]"], True,
-     "CROP.SIZE", "[384, 600]"),
-    (CROP + ["INPUT.CROP.TYPE", "relative", "INPUT.CROP.SIZE", "[0.0, 0.5]"], True,
-     "CROP.SIZE", "[0.0, 0.5]"),
-    (CROP + ["INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "[0.5, 0.5]"], True,
-     "CROP.SIZE", "[0.5, 0.5]"),
-    (CROP + ["INPUT.CROP.TYPE", "absolute_range", "INPUT.CROP.SIZE", "[600, 384]"], True,
-     "CROP.SIZE", "[600, 384]"),
-    (CROP + ["INPUT.CROP.SIZE", "[0.5]"], True, "CROP.SIZE", "[0.5]"),
-])
-def test_wrong_input_keys_are_errors_naming_key_expected_and_got(opts, is_train, key, got,
-                                                                  quick_cfg):
+@pytest.mark.parametrize(
+    "opts,is_train,key,got",
+    [
+        (["INPUT.MIN_SIZE_TRAIN", "(0,)"], True, "MIN_SIZE_TRAIN", "(0,)"),
+        (["INPUT.MIN_SIZE_TRAIN", "()"], True, "MIN_SIZE_TRAIN", "()"),
+        (["INPUT.MAX_SIZE_TRAIN", "0"], True, "MAX_SIZE_TRAIN", "0"),
+        (["INPUT.MIN_SIZE_TEST", "0"], False, "MIN_SIZE_TEST", "0"),
+        (["INPUT.MAX_SIZE_TEST", "-5"], False, "MAX_SIZE_TEST", "-5"),
+        (["INPUT.RANDOM_FLIP", "diagonal"], True, "RANDOM_FLIP", "'diagonal'"),
+        # PIL fails on the mode for every image: training would skip them all as unreadable
+        (["INPUT.FORMAT", "rgb"], True, "FORMAT", "'rgb'"),
+        (["INPUT.FORMAT", "RGBA"], False, "FORMAT", "'RGBA'"),
+        (CROP + ["INPUT.RESIZE_BEFORE_CROP", "[0, 400]"], True, "RESIZE_BEFORE_CROP", "[0, 400]"),
+        (CROP + ["INPUT.CROP.TYPE", "square"], True, "CROP.TYPE", "'square'"),
+        # pixel sizes with Detectron2's default relative_range: "Shape computation in RandomCrop
+        # has bugs"
+        (
+            CROP + ["INPUT.CROP.TYPE", "relative_range", "INPUT.CROP.SIZE", "[384, 600]"],
+            True,
+            "CROP.SIZE",
+            "[384, 600]",
+        ),
+        (
+            CROP + ["INPUT.CROP.TYPE", "relative", "INPUT.CROP.SIZE", "[0.0, 0.5]"],
+            True,
+            "CROP.SIZE",
+            "[0.0, 0.5]",
+        ),
+        (
+            CROP + ["INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "[0.5, 0.5]"],
+            True,
+            "CROP.SIZE",
+            "[0.5, 0.5]",
+        ),
+        (
+            CROP + ["INPUT.CROP.TYPE", "absolute_range", "INPUT.CROP.SIZE", "[600, 384]"],
+            True,
+            "CROP.SIZE",
+            "[600, 384]",
+        ),
+        (CROP + ["INPUT.CROP.SIZE", "[0.5]"], True, "CROP.SIZE", "[0.5]"),
+    ],
+)
+def test_wrong_input_keys_are_errors_naming_key_expected_and_got(
+    opts, is_train, key, got, quick_cfg
+):
     with pytest.raises(ValueError, match=rf"INPUT\.{key} must be .*, got {re.escape(got)}$"):
         build_detr_augmentation(quick_cfg(opts), is_train)
 
 
 # --- COCO json -----------------------------------------------------------------------------
+
 
 def _coco(tmp_path, name, change=None):
     """Registers a COCO dataset of two real images under name; change(data) edits the json."""
@@ -142,9 +177,17 @@ def _coco(tmp_path, name, change=None):
     # as many categories as quick_cfg_in's model has classes, each with an object
     categories = [{"id": i, "name": name} for i, name in enumerate("abc", 1)]
     boxes = [(1, 1, [5, 5, 30, 40]), (2, 2, [50, 20, 60, 30]), (2, 3, [10, 60, 40, 40])]
-    annotations = [{"id": 10 + k, "image_id": image_id, "category_id": category_id, "bbox": box,
-                    "area": box[2] * box[3], "iscrowd": 0}
-                   for k, (image_id, category_id, box) in enumerate(boxes)]
+    annotations = [
+        {
+            "id": 10 + k,
+            "image_id": image_id,
+            "category_id": category_id,
+            "bbox": box,
+            "area": box[2] * box[3],
+            "iscrowd": 0,
+        }
+        for k, (image_id, category_id, box) in enumerate(boxes)
+    ]
     data = {"info": {}, "images": images, "categories": categories, "annotations": annotations}
     if change:
         data = change(data) or data
@@ -180,38 +223,61 @@ BAD_JSON = [
     (_without("categories"), r"'categories' must be a list, got NoneType"),
     (_set("images", {}), r"'images' must be a list, got dict"),
     (_set("categories", []), r"'categories' is empty"),
-    (_set("categories", [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
-     r"category ids must be unique, repeated: \[1\]"),
-    (_edit_annotation("category_id", 7),
-     r"1 of 3 annotations have a category_id not among the categories' ids \[1, 2, 3\]: "
-     r"id 11 \(category_id 7\)"),
-    (_edit_annotation("image_id", 99), r"1 of 3 annotations have an image_id not among the "
-                                       r"images' ids: id 11 \(image_id 99\)"),
-    (_edit_annotation("bbox", [1, 2, 3]),
-     r"1 of 3 annotations have a bbox that is not 4 numbers: id 11 \(bbox \[1, 2, 3\]\)"),
+    (
+        _set("categories", [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
+        r"category ids must be unique, repeated: \[1\]",
+    ),
+    (
+        _edit_annotation("category_id", 7),
+        r"1 of 3 annotations have a category_id not among the categories' ids \[1, 2, 3\]: "
+        r"id 11 \(category_id 7\)",
+    ),
+    (
+        _edit_annotation("image_id", 99),
+        r"1 of 3 annotations have an image_id not among the "
+        r"images' ids: id 11 \(image_id 99\)",
+    ),
+    (
+        _edit_annotation("bbox", [1, 2, 3]),
+        r"1 of 3 annotations have a bbox that is not 4 numbers: id 11 \(bbox \[1, 2, 3\]\)",
+    ),
 ]
-BAD_JSON_IDS = ["not-an-object", "no-categories-key", "images-not-a-list", "no-categories",
-                "repeated-category-id", "unknown-category", "unknown-image", "bbox-of-3"]
+BAD_JSON_IDS = [
+    "not-an-object",
+    "no-categories-key",
+    "images-not-a-list",
+    "no-categories",
+    "repeated-category-id",
+    "unknown-category",
+    "unknown-image",
+    "bbox-of-3",
+]
 
 
 @pytest.mark.parametrize("change,message", BAD_JSON, ids=BAD_JSON_IDS)
 @pytest.mark.parametrize("split", ["TRAIN", "TEST"])
-def test_broken_coco_json_is_found_when_the_trainer_is_built(tmp_path, quick_cfg, registered, split,
-                                                             change, message):
+def test_broken_coco_json_is_found_when_the_trainer_is_built(
+    tmp_path, quick_cfg, registered, split, change, message
+):
     bad = _coco(tmp_path, f"bad_json_{split}", change)
     good = _coco(tmp_path, f"good_json_{split}")
     registered += [bad, good]
     datasets = {"TRAIN": good, "TEST": good, split: bad}
-    cfg = quick_cfg(["DATASETS.TRAIN", f"('{datasets['TRAIN']}',)",
-                     "DATASETS.TEST", f"('{datasets['TEST']}',)"])
-    with pytest.raises(ValueError, match=rf"dataset '{bad}': the COCO json '.*{bad}\.json' has "
-                                         rf"problems:\n(- .*\n)*- {message}"):
+    cfg = quick_cfg(
+        ["DATASETS.TRAIN", f"('{datasets['TRAIN']}',)", "DATASETS.TEST", f"('{datasets['TEST']}',)"]
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"dataset '{bad}': the COCO json '.*{bad}\.json' has "
+        rf"problems:\n(- .*\n)*- {message}",
+    ):
         Trainer(cfg)
 
 
 @pytest.mark.parametrize("change,message", BAD_JSON, ids=BAD_JSON_IDS)
-def test_broken_coco_json_is_found_before_inference(tmp_path, quick_cfg, registered, monkeypatch,
-                                                    change, message):
+def test_broken_coco_json_is_found_before_inference(
+    tmp_path, quick_cfg, registered, monkeypatch, change, message
+):
     registered.append(_coco(tmp_path, "bad_json_eval", change))
     cfg = quick_cfg(["DATASETS.TEST", "('bad_json_eval',)"])
 
@@ -245,8 +311,7 @@ def test_coco_json_without_info_evaluates_as_with_an_empty_one(tmp_path, quick_c
     np.testing.assert_equal(results["no_info"], results["with_info"])  # NaN: no object of a size
 
 
-def test_a_checked_coco_json_is_read_again_only_when_it_changes(tmp_path, registered,
-                                                                monkeypatch):
+def test_a_checked_coco_json_is_read_again_only_when_it_changes(tmp_path, registered, monkeypatch):
     name = _coco(tmp_path, "cached_json")
     registered.append(name)
     path = MetadataCatalog.get(name).json_file

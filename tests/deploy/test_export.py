@@ -6,6 +6,7 @@ times as long and agreed as closely when checked by hand), on CPU. Detections ar
 deformable_detr.export.compare_detections: position by position, or paired by an assignment
 when near-equal scores come out of top-k in another order.
 """
+
 import io
 import os
 import subprocess
@@ -16,10 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
-from deformable_detr.export import (ONNX_OPSET, compare_detections, eager_detections,
-                                    export_torchscript,
-                                    onnx_bytes, register_ms_deform_attn_symbolic, run_onnx,
-                                    run_torchscript)
+from deformable_detr.export import (
+    ONNX_OPSET,
+    compare_detections,
+    eager_detections,
+    export_torchscript,
+    onnx_bytes,
+    register_ms_deform_attn_symbolic,
+    run_onnx,
+    run_torchscript,
+)
 from deformable_detr.layers import ms_deform_attn
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
@@ -34,8 +41,6 @@ PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
 SIZES = ((256, 320), (224, 352))  # the traced size, then another for the dynamic ONNX graph
 
 
-
-
 def _domains(graph):
     """Domains of every node, subgraphs included."""
     for node in graph.node:
@@ -45,8 +50,10 @@ def _domains(graph):
                 yield from _domains(sub)
 
 
-@pytest.mark.parametrize("name", [RELEASED_CONFIGS[0]] + [
-    pytest.param(n, marks=pytest.mark.slow) for n in RELEASED_CONFIGS[1:]])
+@pytest.mark.parametrize(
+    "name",
+    [RELEASED_CONFIGS[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in RELEASED_CONFIGS[1:]],
+)
 def test_exports_match_eager(name, tmp_path):
     model = build(name, SHALLOW).eval()
     images = [image(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
@@ -85,10 +92,19 @@ def test_symbolic_matches_op():
     buffer = io.BytesIO()
     # the TorchScript-based exporter is the one with custom symbolics (its notice is expected)
     with pytest.warns(DeprecationWarning):
-        torch.onnx.export(Op(), inputs([[7, 5], [3, 9], [1, 1]], 2, 6, 0), buffer,
-                          dynamo=False, opset_version=ONNX_OPSET, input_names=names,
-                          dynamic_axes={"value": {0: "n", 1: "s"}, "locations": {0: "n", 1: "q"},
-                                        "weights": {0: "n", 1: "q"}})
+        torch.onnx.export(
+            Op(),
+            inputs([[7, 5], [3, 9], [1, 1]], 2, 6, 0),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=names,
+            dynamic_axes={
+                "value": {0: "n", 1: "s"},
+                "locations": {0: "n", 1: "q"},
+                "weights": {0: "n", 1: "q"},
+            },
+        )
     session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     cases = (inputs([[7, 5], [3, 9], [1, 1]], 2, 6, 1), inputs([[11, 3], [5, 13], [2, 1]], 1, 9, 2))
     for case in cases:
@@ -97,23 +113,44 @@ def test_symbolic_matches_op():
     assert set(_domains(onnx.load_from_string(buffer.getvalue()).graph)) <= {"", "ai.onnx"}
 
 
-@pytest.mark.parametrize("options, opts, error, match", [
-    (["--format", "onnx"], ["INPUT.FORMAT", "BGR"], ValueError, "INPUT.FORMAT must be 'RGB'"),
-    ([], ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN"], ValueError, "META_ARCHITECTURE"),
-    (["--sample-image", "missing.jpg"], [], FileNotFoundError, "missing.jpg"),
-])
+@pytest.mark.parametrize(
+    "options, opts, error, match",
+    [
+        (["--format", "onnx"], ["INPUT.FORMAT", "BGR"], ValueError, "INPUT.FORMAT must be 'RGB'"),
+        ([], ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN"], ValueError, "META_ARCHITECTURE"),
+        (["--sample-image", "missing.jpg"], [], FileNotFoundError, "missing.jpg"),
+    ],
+)
 def test_export_tool_bad_requests(options, opts, error, match, tmp_path):
     tool = load_script(EXPORT_TOOL)
     with pytest.raises(error, match=match):
-        tool.main(["--config-file", os.path.join(CONFIG_DIR, RELEASED_CONFIGS[0]), "--output",
-                   str(tmp_path), *options, "MODEL.DEVICE", "cpu", *opts])
+        tool.main(
+            [
+                "--config-file",
+                os.path.join(CONFIG_DIR, RELEASED_CONFIGS[0]),
+                "--output",
+                str(tmp_path),
+                *options,
+                "MODEL.DEVICE",
+                "cpu",
+                *opts,
+            ]
+        )
 
 
 def test_export_tool_unknown_format(tmp_path, capsys):
     tool = load_script(EXPORT_TOOL)
     with pytest.raises(SystemExit):
-        tool.main(["--config-file", os.path.join(CONFIG_DIR, RELEASED_CONFIGS[0]), "--output",
-                   str(tmp_path), "--format", "caffe2"])
+        tool.main(
+            [
+                "--config-file",
+                os.path.join(CONFIG_DIR, RELEASED_CONFIGS[0]),
+                "--output",
+                str(tmp_path),
+                "--format",
+                "caffe2",
+            ]
+        )
     assert "invalid choice: 'caffe2'" in capsys.readouterr().err
 
 
@@ -128,18 +165,51 @@ def test_export_tool_onnx_and_predict(tmp_path, capsys):
     out = tmp_path / "out"
     # small, to keep the test short: the exports' agreement is tested above
     size = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"]
-    code = tool.main(["--config-file", os.path.join(CONFIG_DIR, RELEASED_CONFIGS[0]),
-                      "--output", str(out), "--format", "onnx", "--export-method", "tracing",
-                      "--sample-image", jpeg, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-                      *SHALLOW, *size])
+    code = tool.main(
+        [
+            "--config-file",
+            os.path.join(CONFIG_DIR, RELEASED_CONFIGS[0]),
+            "--output",
+            str(out),
+            "--format",
+            "onnx",
+            "--export-method",
+            "tracing",
+            "--sample-image",
+            jpeg,
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            *SHALLOW,
+            *size,
+        ]
+    )
     assert code == 0
     assert "classes agree: True" in capsys.readouterr().out
     pictures = tmp_path / "pictures"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, PREDICT_TOOL), "--model", str(out / "model.onnx"),
-         "--input", jpeg, "--output", str(pictures), "--min-size", "128", "--max-size", "160",
-         "--confidence-threshold", "0"], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": ""})
+        [
+            sys.executable,
+            os.path.join(REPO, PREDICT_TOOL),
+            "--model",
+            str(out / "model.onnx"),
+            "--input",
+            jpeg,
+            "--output",
+            str(pictures),
+            "--min-size",
+            "128",
+            "--max-size",
+            "160",
+            "--confidence-threshold",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert result.returncode == 0, result.stderr
     assert "100 of 100 detections drawn" in result.stdout
     with Image.open(pictures / "sample.jpg") as picture:
@@ -151,19 +221,22 @@ def test_compare_detections_forgives_reordered_ties_only():
     scores = np.array([0.9, 0.5, 0.5 - 1e-6], np.float32)
     classes = np.array([1, 2, 3])
     swapped = [0, 2, 1]
-    diff = compare_detections((boxes, scores, classes),
-                              (boxes[swapped], scores[swapped], classes[swapped]))
+    diff = compare_detections(
+        (boxes, scores, classes), (boxes[swapped], scores[swapped], classes[swapped])
+    )
     assert diff["ok"] and diff["max_score_diff"] == 0 and diff["max_box_diff"] == 0
     same_class = classes.copy()
     same_class[2] = 2  # two detections of one class, near-tied: their boxes swap places
-    diff = compare_detections((boxes, scores, same_class),
-                              (boxes[swapped], scores[swapped], same_class[swapped]))
+    diff = compare_detections(
+        (boxes, scores, same_class), (boxes[swapped], scores[swapped], same_class[swapped])
+    )
     assert diff["ok"] and diff["max_box_diff"] == 0
     moved = boxes.copy()
     moved[2, 0] += 0.5
     assert not compare_detections((boxes, scores, classes), (moved, scores, classes))["ok"]
-    assert not compare_detections((boxes, scores, classes),
-                                  (boxes[:2], scores[:2], classes[:2]))["ok"]
+    assert not compare_detections((boxes, scores, classes), (boxes[:2], scores[:2], classes[:2]))[
+        "ok"
+    ]
 
 
 def test_onnx_predict_resize_is_the_test_resize():
@@ -171,8 +244,14 @@ def test_onnx_predict_resize_is_the_test_resize():
     from deformable_detr.data.augmentation import detr_resized_size
 
     predict = load_script(PREDICT_TOOL)
-    sizes = [(480, 640, 800, 1333), (640, 480, 800, 1333), (300, 1200, 800, 1333),
-             (240, 300, 224, 352), (800, 800, 800, 1333), (333, 517, 600, 1000)]
+    sizes = [
+        (480, 640, 800, 1333),
+        (640, 480, 800, 1333),
+        (300, 1200, 800, 1333),
+        (240, 300, 224, 352),
+        (800, 800, 800, 1333),
+        (333, 517, 600, 1000),
+    ]
     for h, w, short, max_size in sizes:
         expected = detr_resized_size(h, w, short, max_size)
         assert predict.resized_size(h, w, short, max_size) == expected
@@ -183,8 +262,13 @@ def test_onnx_predict_imports_neither_torch_nor_detectron2():
 
     with open(os.path.join(REPO, PREDICT_TOOL)) as f:
         tree = ast.parse(f.read())
-    modules = {alias.name.split(".")[0] for node in ast.walk(tree)
-               if isinstance(node, ast.Import) for alias in node.names}
-    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom)}
+    modules = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    modules |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    }
     assert modules <= {"argparse", "math", "os", "sys", "numpy", "onnxruntime", "PIL"}, modules

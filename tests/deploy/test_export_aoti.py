@@ -8,6 +8,7 @@ cores), hence slow.
 The package is static: it is checked at the size it was exported at (deformable_detr/export/
 aoti.py says why).
 """
+
 import glob
 import os
 import subprocess
@@ -50,8 +51,6 @@ np.savez(out, *[o.numpy() for o in outputs])
 """
 
 
-
-
 def _op_library():
     import deformable_detr
 
@@ -66,9 +65,19 @@ def _assert_runs_without_detectron2(path, img, expected, tmp_path, what):
 
     def run(library):
         return subprocess.run(
-            [sys.executable, "-c", RUN_WITHOUT_DETECTRON2, library, path,
-             str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
-            capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-c",
+                RUN_WITHOUT_DETECTRON2,
+                library,
+                path,
+                str(tmp_path / "image.npy"),
+                str(tmp_path / "out.npz"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     # the package calls the compiled op: it cannot load without it
     result = run("")
@@ -106,12 +115,30 @@ def test_export_tool_aoti_matches_eager(tmp_path, capsys):
     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(sample)
     tool = load_script(os.path.join("tools", "deploy", "export_model.py"))
     out = tmp_path / "out"
-    code = tool.main(["--config-file", os.path.join(CONFIG_DIR, "ddetr_r50.yaml"), "--output",
-                      str(out), "--format", "aoti", "--sample-image", str(sample),
-                      "MODEL.DEVICE", "cpu", *SHALLOW, "MODEL.WEIGHTS", str(weights),
-                      "INPUT.MIN_SIZE_TEST", str(SIZE[0]), "INPUT.MAX_SIZE_TEST", str(SIZE[1])])
+    code = tool.main(
+        [
+            "--config-file",
+            os.path.join(CONFIG_DIR, "ddetr_r50.yaml"),
+            "--output",
+            str(out),
+            "--format",
+            "aoti",
+            "--sample-image",
+            str(sample),
+            "MODEL.DEVICE",
+            "cpu",
+            *SHALLOW,
+            "MODEL.WEIGHTS",
+            str(weights),
+            "INPUT.MIN_SIZE_TEST",
+            str(SIZE[0]),
+            "INPUT.MAX_SIZE_TEST",
+            str(SIZE[1]),
+        ]
+    )
     assert code == 0
     assert f"aoti vs eager on {SIZE}: 100 detections" in capsys.readouterr().out
     img = pixels.float()
-    _assert_runs_without_detectron2(str(out / "model.pt2"), img, eager_detections(model, img),
-                                    tmp_path, "multi-scale aoti")
+    _assert_runs_without_detectron2(
+        str(out / "model.pt2"), img, eager_detections(model, img), tmp_path, "multi-scale aoti"
+    )

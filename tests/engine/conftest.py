@@ -1,4 +1,5 @@
 """Fixtures of the engine tests (train_net.py, demo.py, the trainer)."""
+
 import pytest
 
 from cli_cases import load_script

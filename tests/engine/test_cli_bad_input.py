@@ -1,6 +1,7 @@
 """Bad input to the command-line tools and their config files fails at once, naming the input:
 demo.py's threshold and outputs, train_net.py's --eval-only without weights, the solver keys of
 a training run, and config files that are missing, empty, not a mapping or carry code."""
+
 import math
 import os
 import re
@@ -21,23 +22,27 @@ from repo_paths import CONFIG_DIR, QUICKSTART, REPO
 
 # demo.py
 
+
 @pytest.mark.parametrize("value", ["5", "-1", "nan", "inf"])
 def test_demo_threshold_outside_0_1_is_an_argument_error(shapes_root, capsys, value):
     (image,) = val_images(shapes_root, 1)
     with pytest.raises(SystemExit) as exit_info:
-        load_script("demo.py").main(["--config-file", QUICKSTART, "--input", image,
-                                     "--confidence-threshold", value])
+        load_script("demo.py").main(
+            ["--config-file", QUICKSTART, "--input", image, "--confidence-threshold", value]
+        )
     assert exit_info.value.code == 2
     assert f"argument --confidence-threshold: must be a number in [0, 1], got '{value}'" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 def test_demo_output_without_an_image_extension_is_refused(shapes_root, tmp_path):
     (image,) = val_images(shapes_root, 1)
     out = str(tmp_path / "picture.notanimage")
     with pytest.raises(ValueError, match=re.escape(repr(out))):
-        load_script("demo.py").main(["--config-file", QUICKSTART, "--input", image,
-                                     "--output", out])
+        load_script("demo.py").main(
+            ["--config-file", QUICKSTART, "--input", image, "--output", out]
+        )
 
 
 def test_demo_output_folder_that_cannot_be_made_is_an_error(shapes_root, tmp_path):
@@ -45,8 +50,16 @@ def test_demo_output_folder_that_cannot_be_made_is_an_error(shapes_root, tmp_pat
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match=re.escape(str(blocker))):
-        load_script("demo.py").main(["--config-file", QUICKSTART, "--input", image,
-                                     "--output", str(blocker / "picture.jpg")])
+        load_script("demo.py").main(
+            [
+                "--config-file",
+                QUICKSTART,
+                "--input",
+                image,
+                "--output",
+                str(blocker / "picture.jpg"),
+            ]
+        )
 
 
 def test_demo_picture_that_cannot_be_written_is_an_error(shapes_root, tmp_path, monkeypatch):
@@ -54,8 +67,9 @@ def test_demo_picture_that_cannot_be_written_is_an_error(shapes_root, tmp_path, 
     out = str(tmp_path / "picture.jpg")
     monkeypatch.setattr(cv2, "imwrite", lambda *args: False)  # as for a full disk
     with pytest.raises(OSError, match=re.escape(repr(out))):
-        load_script("demo.py").main(["--config-file", QUICKSTART, "--input", image,
-                                     "--output", out])
+        load_script("demo.py").main(
+            ["--config-file", QUICKSTART, "--input", image, "--output", out]
+        )
 
 
 def test_demo_video_that_cannot_be_written_is_an_error(shapes_root, tmp_path):
@@ -63,11 +77,13 @@ def test_demo_video_that_cannot_be_written_is_an_error(shapes_root, tmp_path):
     write_video(video_in, [cv2.imread(p) for p in val_images(shapes_root, 1)])
     # an existing folder: OpenCV's writer does not open
     with pytest.raises(OSError, match=re.escape(repr(str(tmp_path)))):
-        load_script("demo.py").main(["--config-file", QUICKSTART, "--video-input",
-                                     str(video_in), "--output", str(tmp_path)])
+        load_script("demo.py").main(
+            ["--config-file", QUICKSTART, "--video-input", str(video_in), "--output", str(tmp_path)]
+        )
 
 
 # train_net.py
+
 
 def _train_net_cli(train_net_dry, argv):
     """train_net.cli on the quickstart config with launch recorded instead of run; returns the
@@ -87,8 +103,9 @@ def test_eval_only_without_weights_is_refused_before_any_model(train_net_dry, tm
 
 
 @pytest.mark.parametrize("with_weights", [True, False])
-def test_eval_only_with_weights_or_a_checkpoint_to_resume_is_launched(train_net_dry, tmp_path,
-                                                                      with_weights):
+def test_eval_only_with_weights_or_a_checkpoint_to_resume_is_launched(
+    train_net_dry, tmp_path, with_weights
+):
     no_data = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
     if with_weights:
         argv = ["--eval-only", *no_data, "MODEL.WEIGHTS", str(tmp_path / "model.pth")]
@@ -101,15 +118,27 @@ def test_eval_only_with_weights_or_a_checkpoint_to_resume_is_launched(train_net_
 @pytest.mark.slow  # a fresh interpreter imports torch and Detectron2
 def test_train_net_eval_only_without_weights_exits_non_zero(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", QUICKSTART,
-         "--eval-only", "OUTPUT_DIR", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        [
+            sys.executable,
+            os.path.join(REPO, "train_net.py"),
+            "--config-file",
+            QUICKSTART,
+            "--eval-only",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert result.returncode == 2
     assert "--eval-only needs MODEL.WEIGHTS" in result.stderr
     assert not os.listdir(tmp_path)  # nothing set up, nothing evaluated
 
 
 # solver keys
+
 
 def _with(cfg, key, value):
     node = cfg.SOLVER
@@ -121,12 +150,25 @@ def _with(cfg, key, value):
 
 
 BAD_SOLVER_KEYS = [
-    ("MAX_ITER", 0), ("MAX_ITER", -5), ("IMS_PER_BATCH", 0), ("CHECKPOINT_PERIOD", 0),
-    ("WARMUP_ITERS", -1), ("BASE_LR", 0.0), ("BASE_LR", -1e-4), ("BASE_LR", math.nan),
-    ("BASE_LR", math.inf), ("BACKBONE_MULTIPLIER", -0.1), ("LINEAR_PROJ_MULTIPLIER", math.nan),
-    ("STEPS", (0,)), ("STEPS", (300, 200)), ("STEPS", (100, 100)), ("STEPS", (500,)),
-    ("CLIP_GRADIENTS.CLIP_TYPE", "full"), ("CLIP_GRADIENTS.CLIP_VALUE", 0.0),
-    ("CLIP_GRADIENTS.CLIP_VALUE", math.nan), ("CLIP_GRADIENTS.NORM_TYPE", 0.0),
+    ("MAX_ITER", 0),
+    ("MAX_ITER", -5),
+    ("IMS_PER_BATCH", 0),
+    ("CHECKPOINT_PERIOD", 0),
+    ("WARMUP_ITERS", -1),
+    ("BASE_LR", 0.0),
+    ("BASE_LR", -1e-4),
+    ("BASE_LR", math.nan),
+    ("BASE_LR", math.inf),
+    ("BACKBONE_MULTIPLIER", -0.1),
+    ("LINEAR_PROJ_MULTIPLIER", math.nan),
+    ("STEPS", (0,)),
+    ("STEPS", (300, 200)),
+    ("STEPS", (100, 100)),
+    ("STEPS", (500,)),
+    ("CLIP_GRADIENTS.CLIP_TYPE", "full"),
+    ("CLIP_GRADIENTS.CLIP_VALUE", 0.0),
+    ("CLIP_GRADIENTS.CLIP_VALUE", math.nan),
+    ("CLIP_GRADIENTS.NORM_TYPE", 0.0),
 ]
 
 
@@ -134,8 +176,11 @@ BAD_SOLVER_KEYS = [
 def test_wrong_solver_key_is_named_when_the_optimizer_is_built(quick_cfg, key, value):
     # STEPS (500,) is a step at MAX_ITER, which fvcore refuses
     cfg = _with(quick_cfg(["SOLVER.MAX_ITER", "500"]), key, value)
-    with pytest.raises(ValueError, match=rf"^SOLVER\.{re.escape(key)} must be .*, "
-                                         rf"got {re.escape(repr(value))}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^SOLVER\.{re.escape(key)} must be .*, "
+        rf"got {re.escape(repr(value))}$",
+    ):
         build_optimizer(cfg, torch.nn.Linear(2, 2))
 
 
@@ -154,14 +199,22 @@ def test_shipped_configs_pass_the_solver_check(name):
 
 # config files
 
-@pytest.mark.parametrize("content,problem", [("", "is empty"), ("# nothing\n", "is empty"),
-                                             ("- a\n- b\n", "got a YAML list"),
-                                             ("just text\n", "got a YAML str")])
+
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        ("", "is empty"),
+        ("# nothing\n", "is empty"),
+        ("- a\n- b\n", "got a YAML list"),
+        ("just text\n", "got a YAML str"),
+    ],
+)
 def test_config_file_that_is_not_a_mapping_is_named(tmp_path, content, problem):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    with pytest.raises(ValueError, match=re.escape(f"config file {str(path)!r} ") + ".*"
-                                         + re.escape(problem)):
+    with pytest.raises(
+        ValueError, match=re.escape(f"config file {str(path)!r} ") + ".*" + re.escape(problem)
+    ):
         get_config(str(path))
 
 

@@ -1,5 +1,6 @@
 """demo.py draws predictions on images (files and globs) and on a short generated video, one
 picture per input, in output folders it creates."""
+
 import os
 import runpy
 import sys
@@ -35,16 +36,31 @@ def test_demo_draws_pictures_for_images(shapes_root, tmp_path):
     images = val_images(shapes_root, 3)
     out = tmp_path / "pictures"
     pattern = os.path.join(os.path.dirname(images[0]), "0000[0-2].jpg")
-    _run_demo(["--config-file", QUICKSTART,
-               "--input", pattern, "--output", str(out), "--confidence-threshold", "0.0"])
+    _run_demo(
+        [
+            "--config-file",
+            QUICKSTART,
+            "--input",
+            pattern,
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.0",
+        ]
+    )
     written = sorted(os.listdir(out))
     assert written == [os.path.basename(p) for p in images]
     for name in written:
         picture = cv2.imread(str(out / name))
         assert picture.shape == cv2.imread(images[0]).shape
         # boxes and labels were drawn: the picture differs from the input
-        assert np.abs(picture.astype(int) - cv2.imread(str(os.path.join(
-            os.path.dirname(images[0]), name))).astype(int)).sum() > 0
+        assert (
+            np.abs(
+                picture.astype(int)
+                - cv2.imread(str(os.path.join(os.path.dirname(images[0]), name))).astype(int)
+            ).sum()
+            > 0
+        )
 
 
 def test_demo_draws_a_video(shapes_root, tmp_path):
@@ -52,16 +68,33 @@ def test_demo_draws_a_video(shapes_root, tmp_path):
     frames = [cv2.imread(p) for p in val_images(shapes_root, 4)]
     write_video(video_in, frames)
     video_out = str(tmp_path / "out.mp4")
-    _run_demo(["--config-file", QUICKSTART,
-               "--video-input", str(video_in), "--output", video_out,
-               "--confidence-threshold", "0.0"])
+    _run_demo(
+        [
+            "--config-file",
+            QUICKSTART,
+            "--video-input",
+            str(video_in),
+            "--output",
+            video_out,
+            "--confidence-threshold",
+            "0.0",
+        ]
+    )
     assert _count_frames(video_out) == len(frames)
 
 
 def test_demo_input_that_matches_nothing_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        _run_demo(["--config-file", QUICKSTART,
-                   "--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path)])
+        _run_demo(
+            [
+                "--config-file",
+                QUICKSTART,
+                "--input",
+                str(tmp_path / "*.jpg"),
+                "--output",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_demo_keeps_one_picture_per_input_when_file_names_clash(shapes_root, tmp_path):
@@ -71,10 +104,21 @@ def test_demo_keeps_one_picture_per_input_when_file_names_clash(shapes_root, tmp
         copy.parent.mkdir(parents=True)
         copy.write_bytes(open(source, "rb").read())
     out = tmp_path / "pictures"
-    load_script("demo.py").main(["--config-file", QUICKSTART, "--input", *map(str, inputs),
-                                 "--output", str(out), "--confidence-threshold", "0.0"])
-    written = sorted(os.path.relpath(os.path.join(d, f), out)
-                     for d, _, files in os.walk(out) for f in files)
+    load_script("demo.py").main(
+        [
+            "--config-file",
+            QUICKSTART,
+            "--input",
+            *map(str, inputs),
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.0",
+        ]
+    )
+    written = sorted(
+        os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files
+    )
     assert written == [os.path.join("a", "x.jpg"), os.path.join("b", "x.jpg")]
     a, b = (cv2.imread(str(out / name)) for name in written)
     # each picture is its own input's: the two inputs differ, and so do their pictures
@@ -86,8 +130,9 @@ def test_demo_keeps_one_picture_per_input_when_file_names_clash(shapes_root, tmp
 def test_demo_creates_the_folder_of_its_output(shapes_root, tmp_path, output):
     (image,) = val_images(shapes_root, 1)
     # os.path.join, not pathlib: it keeps the trailing separator
-    load_script("demo.py").main(["--config-file", QUICKSTART, "--input", image,
-                                 "--output", os.path.join(tmp_path, output)])
+    load_script("demo.py").main(
+        ["--config-file", QUICKSTART, "--input", image, "--output", os.path.join(tmp_path, output)]
+    )
     expected = os.path.join(tmp_path, output)
     if output.endswith(os.sep):
         expected = os.path.join(expected, os.path.basename(image))
@@ -99,6 +144,7 @@ def test_demo_creates_the_folder_of_its_video(shapes_root, tmp_path):
     video_in = tmp_path / "clip.mp4"
     write_video(video_in, [cv2.imread(p) for p in val_images(shapes_root, 2)])
     video_out = tmp_path / "new" / "out.mp4"
-    load_script("demo.py").main(["--config-file", QUICKSTART, "--video-input", str(video_in),
-                                 "--output", str(video_out)])
+    load_script("demo.py").main(
+        ["--config-file", QUICKSTART, "--video-input", str(video_in), "--output", str(video_out)]
+    )
     assert _count_frames(video_out) == 2

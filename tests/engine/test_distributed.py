@@ -1,5 +1,6 @@
 """Two training processes on the CPU through Detectron2's launch (gloo): they run, use
 DistributedDataParallel without device_ids, and stay in sync."""
+
 import json
 import socket
 
@@ -15,8 +16,12 @@ def _free_port():
 
 
 def test_two_cpu_processes_stay_in_sync(shapes_root, tmp_path):
-    launch(train_and_compare, 2, dist_url=f"tcp://127.0.0.1:{_free_port()}",
-           args=(shapes_root, str(tmp_path), 4))
+    launch(
+        train_and_compare,
+        2,
+        dist_url=f"tcp://127.0.0.1:{_free_port()}",
+        args=(shapes_root, str(tmp_path), 4),
+    )
     result = json.load(open(tmp_path / "sync.json"))
     assert result["world_size"] == 2
     assert result["ddp"] == "DistributedDataParallel"

@@ -9,6 +9,7 @@ before; Detectron2's torchvision ImageNet file (a pickle of numpy arrays) loads 
 path into the backbone; train_net.py trains from configs/ddetr_r50.yaml with nothing but the
 dataset, device, image size and iteration count overridden.
 """
+
 import json
 import math
 import os
@@ -99,19 +100,29 @@ RELEASE = {
 }
 # what tells the released variants apart
 VARIANT = {
-    "ddetr_r50_single_scale.yaml": {"MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": 1,
-                                    "MODEL.DEFORMABLE_DETR.IN_FEATURES": ["res5"],
-                                    "MODEL.RESNETS.RES5_DILATION": 1},
-    "ddetr_r50_single_scale_dc5.yaml": {"MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": 1,
-                                        "MODEL.DEFORMABLE_DETR.IN_FEATURES": ["res5"],
-                                        "MODEL.RESNETS.RES5_DILATION": 2},
-    "ddetr_r50.yaml": {"MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": 4,
-                       "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": False,
-                       "MODEL.DEFORMABLE_DETR.TWO_STAGE": False},
-    "ddetr_r50_box_refine.yaml": {"MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": True,
-                                  "MODEL.DEFORMABLE_DETR.TWO_STAGE": False},
-    "ddetr_r50_two_stage.yaml": {"MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": True,
-                                 "MODEL.DEFORMABLE_DETR.TWO_STAGE": True},
+    "ddetr_r50_single_scale.yaml": {
+        "MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": 1,
+        "MODEL.DEFORMABLE_DETR.IN_FEATURES": ["res5"],
+        "MODEL.RESNETS.RES5_DILATION": 1,
+    },
+    "ddetr_r50_single_scale_dc5.yaml": {
+        "MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": 1,
+        "MODEL.DEFORMABLE_DETR.IN_FEATURES": ["res5"],
+        "MODEL.RESNETS.RES5_DILATION": 2,
+    },
+    "ddetr_r50.yaml": {
+        "MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": 4,
+        "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": False,
+        "MODEL.DEFORMABLE_DETR.TWO_STAGE": False,
+    },
+    "ddetr_r50_box_refine.yaml": {
+        "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": True,
+        "MODEL.DEFORMABLE_DETR.TWO_STAGE": False,
+    },
+    "ddetr_r50_two_stage.yaml": {
+        "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": True,
+        "MODEL.DEFORMABLE_DETR.TWO_STAGE": True,
+    },
 }
 
 
@@ -125,9 +136,12 @@ def _get(cfg, key):
 def test_released_configs_carry_the_released_recipe(name):
     cfg = model_cfg(name)
     expected = {**RELEASE, **VARIANT[name]}
-    wrong = {k: (_get(cfg, k), v) for k, v in expected.items()
-             if (list(_get(cfg, k)) if isinstance(v, (list, tuple)) else _get(cfg, k))
-             != (list(v) if isinstance(v, (list, tuple)) else v)}
+    wrong = {
+        k: (_get(cfg, k), v)
+        for k, v in expected.items()
+        if (list(_get(cfg, k)) if isinstance(v, (list, tuple)) else _get(cfg, k))
+        != (list(v) if isinstance(v, (list, tuple)) else v)
+    }
     assert not wrong, f"{name}: key: (config, released) {wrong}"
 
 
@@ -147,8 +161,10 @@ def test_augmentation_draws_only_the_released_sizes_and_crops(h, w):
         transforms, out = _draw(augs, h, w)
         resizes = [t for t in transforms if isinstance(t, T.ResizeTransform)]
         cropped = [t for t in transforms if isinstance(t, T.CropTransform)]
-        assert all(isinstance(t, (T.ResizeTransform, T.CropTransform, T.HFlipTransform,
-                                  T.NoOpTransform)) for t in transforms), transforms
+        assert all(
+            isinstance(t, (T.ResizeTransform, T.CropTransform, T.HFlipTransform, T.NoOpTransform))
+            for t in transforms
+        ), transforms
         last = resizes[-1]
         # the last resize gives one of the released shorter sides (longer side at most 1333)
         allowed = {detr_resized_size(last.h, last.w, s, 1333) for s in scales}
@@ -157,7 +173,8 @@ def test_augmentation_draws_only_the_released_sizes_and_crops(h, w):
             crops += 1
             first, crop = resizes[0], cropped[0]
             assert (first.new_h, first.new_w) in {
-                detr_resized_size(h, w, s, 10**9) for s in (400, 500, 600)}
+                detr_resized_size(h, w, s, 10**9) for s in (400, 500, 600)
+            }
             # each side 384..600, or the whole side when the image is smaller than 384
             for side, full in ((crop.h, first.new_h), (crop.w, first.new_w)):
                 assert min(384, full) <= side <= min(600, full)
@@ -208,8 +225,13 @@ def test_schedule_drops_at_epoch_40_and_not_before():
     optimizer = torch.optim.AdamW([param], lr=cfg.SOLVER.BASE_LR)
     scheduler = build_lr_scheduler(cfg, optimizer)
     drop = 40 * ITERS_PER_EPOCH
-    for iteration, factor in ((0, 1.0), (1, 1.0), (drop - 1, 1.0), (drop, 0.1),
-                              (50 * ITERS_PER_EPOCH - 1, 0.1)):
+    for iteration, factor in (
+        (0, 1.0),
+        (1, 1.0),
+        (drop - 1, 1.0),
+        (drop, 0.1),
+        (50 * ITERS_PER_EPOCH - 1, 0.1),
+    ):
         scheduler.last_epoch = iteration - 1
         scheduler.step()  # sets the learning rate of `iteration`
         assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * factor), iteration
@@ -232,16 +254,15 @@ def write_imagenet_pkl(path, seed=0):
     """A random torchvision ResNet-50 written as Detectron2 publishes R-50.pkl: a pickled dict of
     numpy arrays under "model", with "__author__" and "matching_heuristics". Returns the model."""
     reference = random_resnet50(seed)
-    weights = {_detectron2_torchvision_name(k): v.numpy()
-               for k, v in reference.state_dict().items()}
+    weights = {
+        _detectron2_torchvision_name(k): v.numpy() for k, v in reference.state_dict().items()
+    }
     with open(path, "wb") as f:
-        pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True},
-                    f)
+        pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f)
     return reference
 
 
-def test_imagenet_pkl_loads_through_the_safe_path_into_every_backbone_weight(tmp_path,
-                                                                             monkeypatch):
+def test_imagenet_pkl_loads_through_the_safe_path_into_every_backbone_weight(tmp_path, monkeypatch):
     path = tmp_path / "R-50.pkl"
     reference = write_imagenet_pkl(path)
 
@@ -250,7 +271,9 @@ def test_imagenet_pkl_loads_through_the_safe_path_into_every_backbone_weight(tmp
 
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
-    model = build("ddetr_r50.yaml", ["MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]])
+    model = build(
+        "ddetr_r50.yaml", ["MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]]
+    )
     checkpointer = RecordingCheckpointer(model)
     checkpointer.load(str(path))
     missing = set(checkpointer.incompatible.missing_keys)
@@ -259,8 +282,9 @@ def test_imagenet_pkl_loads_through_the_safe_path_into_every_backbone_weight(tmp
     assert checkpointer.incompatible.incorrect_shapes == []
     # only torchvision's classifier and BatchNorm step counters are left over
     leftover = set(checkpointer.incompatible.unexpected_keys)
-    assert leftover and all(k.startswith("stem.fc.") or k.endswith("num_batches_tracked")
-                            for k in leftover), sorted(leftover)
+    assert leftover and all(
+        k.startswith("stem.fc.") or k.endswith("num_batches_tracked") for k in leftover
+    ), sorted(leftover)
     x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert_same_features(model.backbone(x), torchvision_features(reference, x))
@@ -273,12 +297,28 @@ def test_train_net_trains_ddetr_r50_from_the_imagenet_file(builtin_datasets_env,
     weights = tmp_path / "R-50.pkl"
     write_imagenet_pkl(weights)
     output = tmp_path / "out"
-    load_script("train_net.py").cli([
-        "--config-file", os.path.join(CONFIG_DIR, "ddetr_r50.yaml"),
-        "DATASETS.TRAIN", "('ddetr_shapes_train',)", "DATASETS.TEST", "()",
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(weights),
-        "INPUT.MIN_SIZE_TRAIN", "(64, 96)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(output)])
+    load_script("train_net.py").cli(
+        [
+            "--config-file",
+            os.path.join(CONFIG_DIR, "ddetr_r50.yaml"),
+            "DATASETS.TRAIN",
+            "('ddetr_shapes_train',)",
+            "DATASETS.TEST",
+            "()",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            str(weights),
+            "INPUT.MIN_SIZE_TRAIN",
+            "(64, 96)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "128",
+            "SOLVER.MAX_ITER",
+            "2",
+            "OUTPUT_DIR",
+            str(output),
+        ]
+    )
     assert (output / "model_final.pth").is_file()
     metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["iteration"] == 1 and math.isfinite(metrics[-1]["total_loss"])

@@ -2,6 +2,7 @@
 
 The runs are a few iterations of configs/quickstart.yaml (batch 4) on the CPU.
 """
+
 import os
 
 import pytest
@@ -40,7 +41,9 @@ def test_evaluation_yields_coco_metrics(shapes_root, tmp_path, quick_cfg):
     for key in ("AP", "AP50", "AP75", "APs", "APm", "AP-circle", "AP-square", "AP-triangle"):
         assert key in bbox, key
     assert 0 <= bbox["AP50"] <= 100
-    assert os.path.exists(tmp_path / "inference" / "ddetr_shapes_val" / "coco_instances_results.json")
+    assert os.path.exists(
+        tmp_path / "inference" / "ddetr_shapes_val" / "coco_instances_results.json"
+    )
 
 
 def test_resume_continues_at_the_saved_iteration(shapes_root, quick_cfg):
@@ -79,7 +82,8 @@ def test_images_without_objects_are_kept(shapes_root, quick_cfg):
     DatasetCatalog.register("ddetr_test_with_empty", lambda: [empty])
     try:
         dicts = get_detection_dataset_dicts(
-            ["ddetr_test_with_empty"], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+            ["ddetr_test_with_empty"], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
         assert len(dicts) == 1  # Detectron2's default would have dropped it
         mapped = DetrDatasetMapper(cfg, True)(dicts[0])
         assert len(mapped["instances"]) == 0

@@ -16,6 +16,7 @@ Covered:
 Tolerances: GRADCHECK_TOL, FWD_TOL, GRAD_TOL and KINK_MARGIN (rationale in
 ms_deform_attn_cases.py); torch.equal for determinism.
 """
+
 import json
 import os
 import subprocess
@@ -75,8 +76,9 @@ def test_gradcheck_float64(levels, N, Lq, M, D, P):
 
     assert torch.autograd.gradcheck(fn, leaves, **GRADCHECK_TOL)
 
-    grad_out = torch.randn(N, Lq, M * D, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(4))
+    grad_out = torch.randn(
+        N, Lq, M * D, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
+    )
     got = kernel_grads(value, shapes, starts, loc, weights, grad_out)
     assert torch.equal(got[2][:, 0, :, :, 0], torch.zeros_like(got[2][:, 0, :, :, 0]))
     assert torch.equal(got[3][:, 0, :, :, 0], torch.zeros_like(got[3][:, 0, :, :, 0]))
@@ -175,8 +177,9 @@ def test_isa_variant(capability):
         "print(json.dumps(cases.isa_report()))\n"
     )
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     # The variable reached the process (PyTorch's own dispatch reports the capped level).
@@ -198,7 +201,6 @@ def test_isa_variant(capability):
 def test_opcheck():
     value, shapes, starts, loc, weights = make_inputs(N=2, Lq=3, M=2, D=8, P=2, margin=1e-3)
     value = value.transpose(1, 2).contiguous().transpose(1, 2)  # non-contiguous on purpose
-    args = (value.requires_grad_(), shapes, starts, loc.requires_grad_(),
-            weights.requires_grad_())
+    args = (value.requires_grad_(), shapes, starts, loc.requires_grad_(), weights.requires_grad_())
     result = torch.library.opcheck(torch.ops.deformable_detr.ms_deform_attn.default, args)
     assert all(v == "SUCCESS" for v in result.values()), result

@@ -15,6 +15,7 @@ Covered:
 
 No numerical tolerances: only the exception type and message are checked.
 """
+
 import re
 
 import pytest
@@ -33,8 +34,13 @@ pytestmark = requires_extension
 
 def _replace(**changes):
     """A case: a function of the valid inputs (as a dict) returning the modified 5-tuple."""
-    names = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-             "attention_weights")
+    names = (
+        "value",
+        "spatial_shapes",
+        "level_start_index",
+        "sampling_locations",
+        "attention_weights",
+    )
 
     def apply(inputs):
         new = dict(inputs)
@@ -61,69 +67,173 @@ def _widen_first_level(shapes, dw):
 CHECK_CASES = [
     # id, case, exception type, argument the message must name
     ("value-rank", _replace(value=lambda i: i["value"][0]), ValueError, "value"),
-    ("shapes-rank", _replace(spatial_shapes=lambda i: i["spatial_shapes"].flatten()),
-     ValueError, "spatial_shapes"),
-    ("starts-rank", _replace(level_start_index=lambda i: i["level_start_index"][None]),
-     ValueError, "level_start_index"),
-    ("locations-rank", _replace(sampling_locations=lambda i: i["sampling_locations"][..., 0]),
-     ValueError, "sampling_locations"),
-    ("weights-rank", _replace(attention_weights=lambda i: i["attention_weights"][..., None]),
-     ValueError, "attention_weights"),
-    ("locations-not-xy", _replace(sampling_locations=lambda i: i["sampling_locations"][..., :1]),
-     ValueError, "sampling_locations"),
-    ("M-mismatch", _replace(sampling_locations=lambda i: i["sampling_locations"][:, :, :1],
-                            attention_weights=lambda i: i["attention_weights"][:, :, :1]),
-     ValueError, "sampling_locations"),
-    ("N-mismatch", _replace(sampling_locations=lambda i: i["sampling_locations"][:1],
-                            attention_weights=lambda i: i["attention_weights"][:1]),
-     ValueError, "sampling_locations"),
-    ("L-mismatch", _replace(spatial_shapes=lambda i: i["spatial_shapes"][:3],
-                            level_start_index=lambda i: i["level_start_index"][:3]),
-     ValueError, "spatial_shapes"),
-    ("P-mismatch", _replace(attention_weights=lambda i: i["attention_weights"][..., :2]),
-     ValueError, "attention_weights"),
-    ("Lq-mismatch", _replace(attention_weights=lambda i: i["attention_weights"][:, :2]),
-     ValueError, "attention_weights"),
-    ("starts-length", _replace(level_start_index=lambda i: i["level_start_index"][:3]),
-     ValueError, "level_start_index"),
-    ("shapes-sum", _replace(spatial_shapes=lambda i: _widen_first_level(i["spatial_shapes"], -1)),
-     ValueError, "spatial_shapes"),
-    ("shapes-zero", _replace(spatial_shapes=lambda i: i["spatial_shapes"] * torch.tensor([1, 0])),
-     ValueError, "spatial_shapes"),
-    ("starts-values", _replace(level_start_index=lambda i: i["level_start_index"].flip(0)),
-     ValueError, "level_start_index"),
-    ("shapes-float", _replace(spatial_shapes=lambda i: i["spatial_shapes"].float()),
-     TypeError, "spatial_shapes"),
-    ("starts-float", _replace(level_start_index=lambda i: i["level_start_index"].double()),
-     TypeError, "level_start_index"),
-    ("shapes-bool", _replace(spatial_shapes=lambda i: i["spatial_shapes"] > 0),
-     TypeError, "spatial_shapes"),
+    (
+        "shapes-rank",
+        _replace(spatial_shapes=lambda i: i["spatial_shapes"].flatten()),
+        ValueError,
+        "spatial_shapes",
+    ),
+    (
+        "starts-rank",
+        _replace(level_start_index=lambda i: i["level_start_index"][None]),
+        ValueError,
+        "level_start_index",
+    ),
+    (
+        "locations-rank",
+        _replace(sampling_locations=lambda i: i["sampling_locations"][..., 0]),
+        ValueError,
+        "sampling_locations",
+    ),
+    (
+        "weights-rank",
+        _replace(attention_weights=lambda i: i["attention_weights"][..., None]),
+        ValueError,
+        "attention_weights",
+    ),
+    (
+        "locations-not-xy",
+        _replace(sampling_locations=lambda i: i["sampling_locations"][..., :1]),
+        ValueError,
+        "sampling_locations",
+    ),
+    (
+        "M-mismatch",
+        _replace(
+            sampling_locations=lambda i: i["sampling_locations"][:, :, :1],
+            attention_weights=lambda i: i["attention_weights"][:, :, :1],
+        ),
+        ValueError,
+        "sampling_locations",
+    ),
+    (
+        "N-mismatch",
+        _replace(
+            sampling_locations=lambda i: i["sampling_locations"][:1],
+            attention_weights=lambda i: i["attention_weights"][:1],
+        ),
+        ValueError,
+        "sampling_locations",
+    ),
+    (
+        "L-mismatch",
+        _replace(
+            spatial_shapes=lambda i: i["spatial_shapes"][:3],
+            level_start_index=lambda i: i["level_start_index"][:3],
+        ),
+        ValueError,
+        "spatial_shapes",
+    ),
+    (
+        "P-mismatch",
+        _replace(attention_weights=lambda i: i["attention_weights"][..., :2]),
+        ValueError,
+        "attention_weights",
+    ),
+    (
+        "Lq-mismatch",
+        _replace(attention_weights=lambda i: i["attention_weights"][:, :2]),
+        ValueError,
+        "attention_weights",
+    ),
+    (
+        "starts-length",
+        _replace(level_start_index=lambda i: i["level_start_index"][:3]),
+        ValueError,
+        "level_start_index",
+    ),
+    (
+        "shapes-sum",
+        _replace(spatial_shapes=lambda i: _widen_first_level(i["spatial_shapes"], -1)),
+        ValueError,
+        "spatial_shapes",
+    ),
+    (
+        "shapes-zero",
+        _replace(spatial_shapes=lambda i: i["spatial_shapes"] * torch.tensor([1, 0])),
+        ValueError,
+        "spatial_shapes",
+    ),
+    (
+        "starts-values",
+        _replace(level_start_index=lambda i: i["level_start_index"].flip(0)),
+        ValueError,
+        "level_start_index",
+    ),
+    (
+        "shapes-float",
+        _replace(spatial_shapes=lambda i: i["spatial_shapes"].float()),
+        TypeError,
+        "spatial_shapes",
+    ),
+    (
+        "starts-float",
+        _replace(level_start_index=lambda i: i["level_start_index"].double()),
+        TypeError,
+        "level_start_index",
+    ),
+    (
+        "shapes-bool",
+        _replace(spatial_shapes=lambda i: i["spatial_shapes"] > 0),
+        TypeError,
+        "spatial_shapes",
+    ),
     ("value-int", _replace(value=lambda i: i["value"].long()), TypeError, "value"),
-    ("locations-int", _replace(sampling_locations=lambda i: i["sampling_locations"].long()),
-     TypeError, "sampling_locations"),
-    ("weights-int", _replace(attention_weights=lambda i: i["attention_weights"].int()),
-     TypeError, "attention_weights"),
-    ("shapes-list", _replace(spatial_shapes=lambda i: i["spatial_shapes"].tolist()),
-     TypeError, "spatial_shapes"),
+    (
+        "locations-int",
+        _replace(sampling_locations=lambda i: i["sampling_locations"].long()),
+        TypeError,
+        "sampling_locations",
+    ),
+    (
+        "weights-int",
+        _replace(attention_weights=lambda i: i["attention_weights"].int()),
+        TypeError,
+        "attention_weights",
+    ),
+    (
+        "shapes-list",
+        _replace(spatial_shapes=lambda i: i["spatial_shapes"].tolist()),
+        TypeError,
+        "spatial_shapes",
+    ),
     ("value-ndarray", _replace(value=lambda i: i["value"].numpy()), TypeError, "value"),
     ("weights-float", _replace(attention_weights=lambda i: 1.0), TypeError, "attention_weights"),
     # A second device, simulated with 'meta' (no data): the device check runs before any check
     # that reads values, so the mismatch is what is reported.
-    ("weights-meta", _replace(attention_weights=lambda i: i["attention_weights"].to("meta")),
-     ValueError, "attention_weights"),
-    ("locations-meta", _replace(sampling_locations=lambda i: i["sampling_locations"].to("meta")),
-     ValueError, "sampling_locations"),
-    ("starts-meta", _replace(level_start_index=lambda i: i["level_start_index"].to("meta")),
-     ValueError, "level_start_index"),
+    (
+        "weights-meta",
+        _replace(attention_weights=lambda i: i["attention_weights"].to("meta")),
+        ValueError,
+        "attention_weights",
+    ),
+    (
+        "locations-meta",
+        _replace(sampling_locations=lambda i: i["sampling_locations"].to("meta")),
+        ValueError,
+        "sampling_locations",
+    ),
+    (
+        "starts-meta",
+        _replace(level_start_index=lambda i: i["level_start_index"].to("meta")),
+        ValueError,
+        "level_start_index",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case,exc,name", [c[1:] for c in CHECK_CASES],
-                         ids=[c[0] for c in CHECK_CASES])
+@pytest.mark.parametrize(
+    "case,exc,name", [c[1:] for c in CHECK_CASES], ids=[c[0] for c in CHECK_CASES]
+)
 def test_input_checks(case, exc, name):
     value, shapes, starts, loc, weights = make_inputs(N=2, Lq=4, M=2, D=8, P=3)
-    valid = dict(value=value, spatial_shapes=shapes, level_start_index=starts,
-                 sampling_locations=loc, attention_weights=weights)
+    valid = dict(
+        value=value,
+        spatial_shapes=shapes,
+        level_start_index=starts,
+        sampling_locations=loc,
+        attention_weights=weights,
+    )
     ms_deform_attn(*valid.values())  # the unmodified inputs are accepted
     with pytest.raises(exc, match=rf"\b{name}\b") as info:
         ms_deform_attn(*case(valid))
@@ -138,15 +248,18 @@ def test_input_checks(case, exc, name):
 
 
 RAW_CASES = [
-    ("value-3d", lambda v, s, i, l, a: (v[0], s, i, l, a), "value"),
-    ("locations-xyz", lambda v, s, i, l, a: (v, s, i, torch.cat([l, l[..., :1]], -1), a),
-     "sampling_locations"),
-    ("weights-shape", lambda v, s, i, l, a: (v, s, i, l, a[..., :2]), "attention_weights"),
-    ("M-mismatch", lambda v, s, i, l, a: (v[:, :, :1], s, i, l, a), "sampling_locations"),
-    ("shapes-rows", lambda v, s, i, l, a: (v, s[:3], i, l, a), "spatial_shapes"),
-    ("starts-length", lambda v, s, i, l, a: (v, s, i[:3], l, a), "level_start_index"),
-    ("shapes-int32", lambda v, s, i, l, a: (v, s.int(), i, l, a), "int64"),
-    ("dtype-mix", lambda v, s, i, l, a: (v.float(), s, i, l, a), "dtype"),
+    ("value-3d", lambda v, s, i, loc, a: (v[0], s, i, loc, a), "value"),
+    (
+        "locations-xyz",
+        lambda v, s, i, loc, a: (v, s, i, torch.cat([loc, loc[..., :1]], -1), a),
+        "sampling_locations",
+    ),
+    ("weights-shape", lambda v, s, i, loc, a: (v, s, i, loc, a[..., :2]), "attention_weights"),
+    ("M-mismatch", lambda v, s, i, loc, a: (v[:, :, :1], s, i, loc, a), "sampling_locations"),
+    ("shapes-rows", lambda v, s, i, loc, a: (v, s[:3], i, loc, a), "spatial_shapes"),
+    ("starts-length", lambda v, s, i, loc, a: (v, s, i[:3], loc, a), "level_start_index"),
+    ("shapes-int32", lambda v, s, i, loc, a: (v, s.int(), i, loc, a), "int64"),
+    ("dtype-mix", lambda v, s, i, loc, a: (v.float(), s, i, loc, a), "dtype"),
 ]
 
 
@@ -182,35 +295,80 @@ def _widen_first_level_consistently(shapes, dw):
 
 LEVEL_CASES = [
     # id, levels, (spatial_shapes, level_start_index) -> the same modified, exact message
-    ("cover-fewer", LEVELS, lambda s, i: _widen_first_level_consistently(s, -1),
-     "spatial_shapes cover 49 positions but value has S = 54"),
-    ("cover-more", LEVELS, lambda s, i: _widen_first_level_consistently(s, 1),
-     "spatial_shapes cover 59 positions but value has S = 54"),
-    ("H-zero", LEVELS, lambda s, i: (_set(s, (0, 0), 0), i),
-     "spatial_shapes row 0 = (0, 7) must be positive"),
-    ("W-zero-level2", LEVELS, lambda s, i: (_set(s, (2, 1), 0), i),
-     "spatial_shapes row 2 = (1, 0) must be positive"),
-    ("H-negative", LEVELS, lambda s, i: (_set(s, (1, 0), -3), i),
-     "spatial_shapes row 1 = (-3, 4) must be positive"),
+    (
+        "cover-fewer",
+        LEVELS,
+        lambda s, i: _widen_first_level_consistently(s, -1),
+        "spatial_shapes cover 49 positions but value has S = 54",
+    ),
+    (
+        "cover-more",
+        LEVELS,
+        lambda s, i: _widen_first_level_consistently(s, 1),
+        "spatial_shapes cover 59 positions but value has S = 54",
+    ),
+    (
+        "H-zero",
+        LEVELS,
+        lambda s, i: (_set(s, (0, 0), 0), i),
+        "spatial_shapes row 0 = (0, 7) must be positive",
+    ),
+    (
+        "W-zero-level2",
+        LEVELS,
+        lambda s, i: (_set(s, (2, 1), 0), i),
+        "spatial_shapes row 2 = (1, 0) must be positive",
+    ),
+    (
+        "H-negative",
+        LEVELS,
+        lambda s, i: (_set(s, (1, 0), -3), i),
+        "spatial_shapes row 1 = (-3, 4) must be positive",
+    ),
     # H * W is still 35 and the levels still cover S: only the sign check catches it.
-    ("H-and-W-negative", LEVELS, lambda s, i: (_set(s, 0, -s[0]), i),
-     "spatial_shapes row 0 = (-5, -7) must be positive"),
-    ("starts-huge", ((5, 7),), lambda s, i: (s, torch.tensor([1000000])),
-     "level_start_index[0] = 1000000 but level 0 starts at 0 by spatial_shapes"),
-    ("starts-negative", ((5, 7),), lambda s, i: (s, torch.tensor([-5])),
-     "level_start_index[0] = -5 but level 0 starts at 0 by spatial_shapes"),
-    ("starts-huge-level3", LEVELS, lambda s, i: (s, _set(i, 3, 1000000)),
-     "level_start_index[3] = 1000000 but level 3 starts at 48 by spatial_shapes"),
-    ("starts-reversed", LEVELS, lambda s, i: (s, i.flip(0)),
-     "level_start_index[0] = 48 but level 0 starts at 0 by spatial_shapes"),
+    (
+        "H-and-W-negative",
+        LEVELS,
+        lambda s, i: (_set(s, 0, -s[0]), i),
+        "spatial_shapes row 0 = (-5, -7) must be positive",
+    ),
+    (
+        "starts-huge",
+        ((5, 7),),
+        lambda s, i: (s, torch.tensor([1000000])),
+        "level_start_index[0] = 1000000 but level 0 starts at 0 by spatial_shapes",
+    ),
+    (
+        "starts-negative",
+        ((5, 7),),
+        lambda s, i: (s, torch.tensor([-5])),
+        "level_start_index[0] = -5 but level 0 starts at 0 by spatial_shapes",
+    ),
+    (
+        "starts-huge-level3",
+        LEVELS,
+        lambda s, i: (s, _set(i, 3, 1000000)),
+        "level_start_index[3] = 1000000 but level 3 starts at 48 by spatial_shapes",
+    ),
+    (
+        "starts-reversed",
+        LEVELS,
+        lambda s, i: (s, i.flip(0)),
+        "level_start_index[0] = 48 but level 0 starts at 0 by spatial_shapes",
+    ),
     # Non-contiguous (stride 2): the check must read the elements the view holds.
-    ("starts-reversed-strided", LEVELS, lambda s, i: (s, torch.stack([i.flip(0), i], 1)[:, 0]),
-     "level_start_index[0] = 48 but level 0 starts at 0 by spatial_shapes"),
+    (
+        "starts-reversed-strided",
+        LEVELS,
+        lambda s, i: (s, torch.stack([i.flip(0), i], 1)[:, 0]),
+        "level_start_index[0] = 48 but level 0 starts at 0 by spatial_shapes",
+    ),
 ]
 
 
-@pytest.mark.parametrize("levels,case,message", [c[1:] for c in LEVEL_CASES],
-                         ids=[c[0] for c in LEVEL_CASES])
+@pytest.mark.parametrize(
+    "levels,case,message", [c[1:] for c in LEVEL_CASES], ids=[c[0] for c in LEVEL_CASES]
+)
 def test_raw_cpu_operators_check_index_values(levels, case, message):
     value, shapes, starts, loc, weights = make_inputs(levels, N=2, Lq=4, M=2, D=8, P=3)
     grad_out = torch.ones(2, 4, 16, dtype=torch.float64)

@@ -5,6 +5,7 @@ works through the compiled graph, and torch.export captures the operator by name
 Tolerance: compiled against eager float32, 1e-6 (the same kernel; only the surrounding ops may
 be fused differently).
 """
+
 import pytest
 import torch
 
@@ -44,8 +45,9 @@ def test_compile_fullgraph_forward_and_backward(backend):
     out_e = attend(*eager_in)
     torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-6)
     grad = torch.randn_like(out_e)
-    for a, b in zip(torch.autograd.grad(out_c, compiled_in, grad),
-                    torch.autograd.grad(out_e, eager_in, grad)):
+    for a, b in zip(
+        torch.autograd.grad(out_c, compiled_in, grad), torch.autograd.grad(out_e, eager_in, grad)
+    ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -83,7 +85,8 @@ def test_export_captures_the_operator():
     torch.testing.assert_close(
         program.module()(other_value, SHAPES, STARTS, other_loc, other_weights),
         ms_deform_attn(other_value, SHAPES, STARTS, other_loc, other_weights),
-        rtol=0, atol=0,
+        rtol=0,
+        atol=0,
     )
 
 

@@ -4,6 +4,7 @@ Skipped on machines without one (ours): the CUDA sources are compiled by every C
 only be run here. Tolerances are those of the CPU tests (ms_deform_attn_cases.py); the CUDA
 backward sums grad_value with float32 atomics in any order, which stays within them.
 """
+
 import pytest
 import torch
 
@@ -46,8 +47,9 @@ def test_forward_matches_reference(dtype, D):
 def test_backward_matches_reference(dtype):
     inputs = make_inputs(D=32, dtype=dtype, margin=KINK_MARGIN[dtype])
     value, shapes, starts, loc, weights = _to_cuda(inputs)
-    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
-                           dtype=dtype, device=CUDA)
+    grad_out = torch.randn(
+        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3], dtype=dtype, device=CUDA
+    )
     actual = kernel_grads(value, shapes, starts, loc, weights, grad_out)
     expected = reference_grads64(inputs[0], inputs[1], inputs[3], inputs[4], grad_out.cpu())
     assert_close_grads([a.cpu() for a in actual[1:]], expected[1:], dtype)
@@ -59,7 +61,8 @@ def test_gradcheck_float64(D):
     value, shapes, starts, loc, weights = _to_cuda(inputs)
     leaves = [t.clone().requires_grad_() for t in (value, loc, weights)]
     assert torch.autograd.gradcheck(
-        lambda v, l, w: ms_deform_attn(v, shapes, starts, l, w), leaves, **GRADCHECK_TOL)
+        lambda v, loc, w: ms_deform_attn(v, shapes, starts, loc, w), leaves, **GRADCHECK_TOL
+    )
 
 
 def test_large_batch_equals_each_image_alone():
@@ -68,8 +71,8 @@ def test_large_batch_equals_each_image_alone():
     value, shapes, starts, loc, weights = _to_cuda(inputs)
     out = ms_deform_attn(value, shapes, starts, loc, weights)
     for i in (0, 33, 66):
-        alone = ms_deform_attn(value[i:i + 1], shapes, starts, loc[i:i + 1], weights[i:i + 1])
-        torch.testing.assert_close(out[i:i + 1], alone, rtol=0, atol=0)
+        alone = ms_deform_attn(value[i : i + 1], shapes, starts, loc[i : i + 1], weights[i : i + 1])
+        torch.testing.assert_close(out[i : i + 1], alone, rtol=0, atol=0)
 
 
 def test_cuda_equals_cpu_kernel():
@@ -107,8 +110,9 @@ def test_half_values_with_float32_locations(value_dtype):
     inputs = make_inputs(D=32, dtype=torch.float32, margin=KINK_MARGIN[torch.float32])
     value, shapes, starts, loc, weights = _to_cuda(inputs)
     value = value.to(value_dtype)
-    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
-                           device=CUDA).to(value_dtype)
+    grad_out = torch.randn(
+        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3], device=CUDA
+    ).to(value_dtype)
     actual = kernel_grads(value, shapes, starts, loc, weights, grad_out)
     assert actual[0].dtype == value_dtype and actual[2].dtype == torch.float32
     expected = reference_grads64(value.cpu(), inputs[1], inputs[3], inputs[4], grad_out.cpu())

@@ -17,6 +17,7 @@ Covered:
 Tolerances: FWD_TOL (rationale in ms_deform_attn_cases.py); exact (rtol = atol = 0, or
 torch.equal) where the result is exact in binary floating point or must be bitwise equal.
 """
+
 import math
 
 import pytest
@@ -52,8 +53,9 @@ pytestmark = requires_extension
 def test_forward_matches_reference(dtype, D):
     assert kernel_available(CPU, dtype)
     # N * Lq = 40 rows: several parallel_for chunks (16 rows each); D = 71 has a vector tail.
-    value, shapes, starts, loc, weights = make_inputs(N=2, Lq=20, M=2, D=D, P=3, dtype=dtype,
-                                                      lo=-0.2, hi=1.2, seed=1)
+    value, shapes, starts, loc, weights = make_inputs(
+        N=2, Lq=20, M=2, D=D, P=3, dtype=dtype, lo=-0.2, hi=1.2, seed=1
+    )
     out = raw_forward(value, shapes, starts, loc, weights)
     assert out.dtype == dtype and out.shape == (2, 20, 2 * D)
     expected = reference64(value, shapes, loc, weights)
@@ -74,8 +76,9 @@ def test_wrapper_forward_uses_kernel_and_matches_raw_operator():
 
 
 def test_non_contiguous_inputs():
-    value, shapes, starts, loc, weights = make_inputs(N=2, Lq=6, M=2, D=8, P=3,
-                                                      dtype=torch.float32, seed=9)
+    value, shapes, starts, loc, weights = make_inputs(
+        N=2, Lq=6, M=2, D=8, P=3, dtype=torch.float32, seed=9
+    )
     value_nc = value.transpose(1, 2).contiguous().transpose(1, 2)  # (N, S, M, D), strided
     loc_nc = torch.cat([loc, torch.zeros_like(loc)], dim=-1)[..., :2]  # a slice, strides (.., 4, 1)
     weights_nc = weights.transpose(0, 1).contiguous().transpose(0, 1)
@@ -166,8 +169,10 @@ def hand_inputs(dtype):
     weights[0, -1, :, 1, 0] = 1.0
     expected0 = torch.tensor([e for _, e in HAND_CASES] + [6.0])
     expected = torch.stack([expected0, 10 * expected0], dim=1).reshape(1, Lq, 2)
-    return ((value.to(dtype), spatial_shapes, level_start_index, loc.to(dtype),
-             weights.to(dtype)), expected.to(dtype))
+    return (
+        (value.to(dtype), spatial_shapes, level_start_index, loc.to(dtype), weights.to(dtype)),
+        expected.to(dtype),
+    )
 
 
 @pytest.mark.parametrize(
@@ -205,8 +210,9 @@ NON_FINITE = [
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_non_finite_locations(dtype, impl):
-    value, shapes, starts, loc, weights = make_inputs(N=2, Lq=5, M=2, D=8, P=3, dtype=dtype,
-                                                      seed=11, margin=1e-3)
+    value, shapes, starts, loc, weights = make_inputs(
+        N=2, Lq=5, M=2, D=8, P=3, dtype=dtype, seed=11, margin=1e-3
+    )
     bad = torch.zeros(weights.shape, dtype=torch.bool)
     clean_loc, clean_weights = loc.clone(), weights.clone()
     for idx, xy in NON_FINITE:
@@ -243,17 +249,25 @@ def test_non_finite_locations(dtype, impl):
 
 def test_batch_equals_images_alone():
     N, Lq, M, D = 3, 7, 2, 16
-    value, shapes, starts, loc, weights = make_inputs(N=N, Lq=Lq, M=M, D=D, P=3, seed=13,
-                                                      margin=1e-3)
-    grad_out = torch.randn(N, Lq, M * D, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(14))
+    value, shapes, starts, loc, weights = make_inputs(
+        N=N, Lq=Lq, M=M, D=D, P=3, seed=13, margin=1e-3
+    )
+    grad_out = torch.randn(
+        N, Lq, M * D, dtype=torch.float64, generator=torch.Generator().manual_seed(14)
+    )
     batched = kernel_grads(value, shapes, starts, loc, weights, grad_out)
     rtol, atol = FWD_TOL[torch.float64]
     for n in range(N):
-        alone = kernel_grads(value[n:n + 1], shapes, starts, loc[n:n + 1], weights[n:n + 1],
-                             grad_out[n:n + 1])
+        alone = kernel_grads(
+            value[n : n + 1],
+            shapes,
+            starts,
+            loc[n : n + 1],
+            weights[n : n + 1],
+            grad_out[n : n + 1],
+        )
         for a, b in zip(alone, batched):
-            torch.testing.assert_close(a, b[n:n + 1], rtol=rtol, atol=atol)
+            torch.testing.assert_close(a, b[n : n + 1], rtol=rtol, atol=atol)
     # The images differ, so a mix-up between them would show.
     assert not torch.allclose(batched[0][0], batched[0][1])
 
@@ -285,12 +299,14 @@ def test_mixed_dtypes(value_dtype, loc_dtype, weights_dtype, out_dtype, location
     assert out.dtype == out_dtype
     assert "deformable_detr_ms_deform_attn" in type(out.grad_fn).__name__  # the kernel ran
     # The same as running the kernel on the inputs converted to the dtypes it computes in.
-    expected = raw_forward(value.to(out_dtype), shapes, starts, loc.to(location_dtype),
-                           weights.to(location_dtype))
+    expected = raw_forward(
+        value.to(out_dtype), shapes, starts, loc.to(location_dtype), weights.to(location_dtype)
+    )
     assert torch.equal(out, expected)
     rtol, atol = FWD_TOL[out_dtype]
-    torch.testing.assert_close(out.double(), reference64(value, shapes, loc, weights),
-                               rtol=rtol, atol=atol)
+    torch.testing.assert_close(
+        out.double(), reference64(value, shapes, loc, weights), rtol=rtol, atol=atol
+    )
     out.sum().backward()
     for leaf in leaves:  # gradients come back in each input's own dtype
         assert leaf.grad is not None and leaf.grad.dtype == leaf.dtype
@@ -301,11 +317,16 @@ def test_mixed_dtypes(value_dtype, loc_dtype, weights_dtype, out_dtype, location
 def test_half_values_with_float32_locations_backward(value_dtype):
     """The mixed kernel's gradients against the float64 reference: the value's in its half dtype,
     the locations' and weights' in float32."""
-    value, shapes, starts, loc, weights = make_inputs(D=32, dtype=torch.float32, seed=16,
-                                                      margin=KINK_MARGIN[torch.float32])
+    value, shapes, starts, loc, weights = make_inputs(
+        D=32, dtype=torch.float32, seed=16, margin=KINK_MARGIN[torch.float32]
+    )
     value = value.to(value_dtype)
-    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
-                           generator=torch.Generator().manual_seed(3)).to(value_dtype)
+    grad_out = torch.randn(
+        value.shape[0],
+        loc.shape[1],
+        value.shape[2] * value.shape[3],
+        generator=torch.Generator().manual_seed(3),
+    ).to(value_dtype)
     actual = kernel_grads(value, shapes, starts, loc, weights, grad_out)
     expected = reference_grads64(value, shapes, loc, weights, grad_out)
     assert actual[2].dtype == actual[3].dtype == torch.float32

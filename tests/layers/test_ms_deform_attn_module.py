@@ -3,6 +3,7 @@ and 4-d reference points, the padding mask, gradients to every parameter, and in
 
 Tolerances: float64 hand-worked cases 1e-12; float32 initial values a few ulps (sin/cos rounding).
 """
+
 import math
 
 import pytest
@@ -78,8 +79,13 @@ def test_offsets_scale_with_each_level():
     attn, value, spatial_shapes, starts = _single_point([1.0, 0.0, 1.0, 0.0], [(4, 4), (2, 2)])
     # reference point: centre of pixel (0, 0) on level 0, of pixel (0, 0) on level 1
     ref = torch.tensor([[0.5 / 4, 0.5 / 4], [0.5 / 2, 0.5 / 2]], dtype=torch.float64)
-    out = attn(torch.zeros(1, 1, 4, dtype=torch.float64), ref.view(1, 1, 2, 2), value,
-               spatial_shapes, starts)
+    out = attn(
+        torch.zeros(1, 1, 4, dtype=torch.float64),
+        ref.view(1, 1, 2, 2),
+        value,
+        spatial_shapes,
+        starts,
+    )
     expected = 0.5 * (value[0, 1] + value[0, 16 + 1])  # pixel (0, 1) of each level
     torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-12)
 
@@ -139,8 +145,9 @@ def test_backward_reaches_every_parameter():
     torch.manual_seed(0)
     attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
     spatial_shapes, starts, S = levels([(4, 4), (2, 2)])
-    out = attn(torch.randn(1, 5, 16), torch.rand(1, 5, 2, 2), torch.randn(1, S, 16),
-               spatial_shapes, starts)
+    out = attn(
+        torch.randn(1, 5, 16), torch.rand(1, 5, 2, 2), torch.randn(1, S, 16), spatial_shapes, starts
+    )
     out.square().sum().backward()
     for name, p in attn.named_parameters():
         assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
@@ -159,19 +166,26 @@ def test_constructor_checks(kwargs, exc, word):
         MSDeformAttn(**kwargs)
 
 
-@pytest.mark.parametrize("case,exc,word", [
-    ("query_width", ValueError, "query"),
-    ("value_batch", ValueError, "value"),
-    ("ref_last_dim", ValueError, "reference_points"),
-    ("ref_levels", ValueError, "reference_points"),
-    ("mask_dtype", TypeError, "padding_mask"),
-    ("mask_shape", ValueError, "padding_mask"),
-])
+@pytest.mark.parametrize(
+    "case,exc,word",
+    [
+        ("query_width", ValueError, "query"),
+        ("value_batch", ValueError, "value"),
+        ("ref_last_dim", ValueError, "reference_points"),
+        ("ref_levels", ValueError, "reference_points"),
+        ("mask_dtype", TypeError, "padding_mask"),
+        ("mask_shape", ValueError, "padding_mask"),
+    ],
+)
 def test_forward_checks(case, exc, word):
     attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
     spatial_shapes, starts, S = levels([(4, 4), (2, 2)])
-    args = dict(query=torch.randn(2, 5, 16), reference_points=torch.rand(2, 5, 2, 2),
-                value=torch.randn(2, S, 16), padding_mask=torch.zeros(2, S, dtype=torch.bool))
+    args = dict(
+        query=torch.randn(2, 5, 16),
+        reference_points=torch.rand(2, 5, 2, 2),
+        value=torch.randn(2, S, 16),
+        padding_mask=torch.zeros(2, S, dtype=torch.bool),
+    )
     bad = {
         "query_width": ("query", torch.randn(2, 5, 8)),
         "value_batch": ("value", torch.randn(3, S, 16)),
@@ -182,8 +196,14 @@ def test_forward_checks(case, exc, word):
     }[case]
     args[bad[0]] = bad[1]
     with pytest.raises(exc, match=word):
-        attn(args["query"], args["reference_points"], args["value"], spatial_shapes, starts,
-             padding_mask=args["padding_mask"])
+        attn(
+            args["query"],
+            args["reference_points"],
+            args["value"],
+            spatial_shapes,
+            starts,
+            padding_mask=args["padding_mask"],
+        )
 
 
 def test_is_an_nn_module_with_the_released_parameter_count():

@@ -8,6 +8,7 @@ value by about eps32 * |a|; we allow 16 ulps of |a| plus 1e-6 for sin / cos them
 padded rows and columns have |a| ~ 3e6 (division by eps = 1e-6), where that bound is vacuous,
 as it is for the release.
 """
+
 import math
 
 import pytest
@@ -23,9 +24,12 @@ def released_encoding():
     """The encoding with the released settings, from the project's config."""
     cfg = get_config()
     c = cfg.MODEL.DEFORMABLE_DETR
-    return PositionEmbeddingSine(num_pos_feats=c.HIDDEN_DIM // 2,
-                                 temperature=c.POSITION_TEMPERATURE, normalize=True,
-                                 scale=c.POSITION_SCALE)
+    return PositionEmbeddingSine(
+        num_pos_feats=c.HIDDEN_DIM // 2,
+        temperature=c.POSITION_TEMPERATURE,
+        normalize=True,
+        scale=c.POSITION_SCALE,
+    )
 
 
 def padded_mask(valid_sizes, size):
@@ -84,10 +88,15 @@ def test_hand_worked_values():
     # channels 0, 1 (and F, F + 1) have wavelength 1; channel 2 has 10000^(2 / 128)
     d2 = 10000 ** (2 / 128)
     cases = {
-        (0, 0, 0): 1.0, (1, 0, 0): 0.0, (2, 0, 0): math.sin(math.pi / 2 / d2),
-        (F, 0, 0): math.sqrt(3) / 2, (F + 1, 0, 0): 0.5,
-        (0, 1, 2): -1.0, (1, 1, 2): 0.0,
-        (F, 1, 2): -math.sqrt(3) / 2, (F + 1, 1, 2): 0.5,
+        (0, 0, 0): 1.0,
+        (1, 0, 0): 0.0,
+        (2, 0, 0): math.sin(math.pi / 2 / d2),
+        (F, 0, 0): math.sqrt(3) / 2,
+        (F + 1, 0, 0): 0.5,
+        (0, 1, 2): -1.0,
+        (1, 1, 2): 0.0,
+        (F, 1, 2): -math.sqrt(3) / 2,
+        (F + 1, 1, 2): 0.5,
     }
     for (c, i, j), value in cases.items():
         assert abs(pos[0, c, i, j].item() - value) < 1e-5, (c, i, j)
@@ -109,7 +118,7 @@ def test_batch_images_are_independent():
     enc = released_encoding()
     batched = enc(mask)
     for n in range(2):
-        torch.testing.assert_close(batched[n:n + 1], enc(mask[n:n + 1]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(batched[n : n + 1], enc(mask[n : n + 1]), rtol=0, atol=1e-6)
 
 
 def test_input_checks():

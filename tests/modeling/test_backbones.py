@@ -7,6 +7,7 @@ parameter count its paper gives for the ImageNet model, less the classifier; a s
 the built-in data. Batch invariance and the padding tests run on them in test_batch_invariance.py
 and test_model_padding.py.
 """
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -30,9 +31,13 @@ def _trunk(backbone):
     """The ImageNet model's part of the backbone: without ViTDet's pyramid and the per-output
     norms that Detectron2 adds (the ImageNet models have one final norm)."""
     net = getattr(backbone, "net", backbone)
-    return sum(p.numel() for n, p in net.named_parameters()
-               if not n.startswith("norm") and not n.endswith(("_norm.weight", "_norm.bias"))
-               and "rel_pos" not in n)
+    return sum(
+        p.numel()
+        for n, p in net.named_parameters()
+        if not n.startswith("norm")
+        and not n.endswith(("_norm.weight", "_norm.bias"))
+        and "rel_pos" not in n
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONE_CONFIGS))
@@ -48,8 +53,14 @@ def test_levels_and_parameter_count(name):
 
 
 def _tiny(name):
-    return [*BACKBONE_CONFIGS[name], *NO_WEIGHTS, "MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1",
-            "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "1"]
+    return [
+        *BACKBONE_CONFIGS[name],
+        *NO_WEIGHTS,
+        "MODEL.DEFORMABLE_DETR.ENC_LAYERS",
+        "1",
+        "MODEL.DEFORMABLE_DETR.DEC_LAYERS",
+        "1",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONE_CONFIGS))
@@ -74,17 +85,40 @@ def shapes_val_8(shapes_val_subset):
 
 @pytest.mark.parametrize("name", sorted(BACKBONE_CONFIGS))
 def test_trains_and_evaluates_on_the_built_in_data(name, shapes_val_8, tmp_path):
-    cfg = model_cfg(name, [*_tiny(name), "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "1",
-                           "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
-                           "DATASETS.TRAIN", "('ddetr_shapes_train',)",
-                           "DATASETS.TEST", f"('{shapes_val_8}',)", "TEST.EVAL_PERIOD", "0",
-                           "MODEL.DEFORMABLE_DETR.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TRAIN",
-                           "(128,)", "INPUT.MIN_SIZE_TEST", "128", "INPUT.CROP.ENABLED", "False"])
+    cfg = model_cfg(
+        name,
+        [
+            *_tiny(name),
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SOLVER.MAX_ITER",
+            "1",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TRAIN",
+            "('ddetr_shapes_train',)",
+            "DATASETS.TEST",
+            f"('{shapes_val_8}',)",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "MODEL.DEFORMABLE_DETR.NUM_CLASSES",
+            "3",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(128,)",
+            "INPUT.MIN_SIZE_TEST",
+            "128",
+            "INPUT.CROP.ENABLED",
+            "False",
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert trainer.iter == 1 and torch.isfinite(
-        torch.tensor(trainer.storage.history("total_loss").latest()))
+        torch.tensor(trainer.storage.history("total_loss").latest())
+    )
     results = Trainer.test(cfg, trainer.model)["bbox"]
     assert 0 <= results["AP"] <= 100 and "AP-circle" in results
 
@@ -115,8 +149,9 @@ class ToyBackbone(Backbone):
     def __init__(self, width: int = 16):
         super().__init__()
         self.stem = nn.Conv2d(3, width, 4, stride=4)
-        self.stages = nn.ModuleList(nn.Conv2d(width * 2 ** i, width * 2 ** (i + 1), 3, 2, 1)
-                                    for i in range(3))
+        self.stages = nn.ModuleList(
+            nn.Conv2d(width * 2**i, width * 2 ** (i + 1), 3, 2, 1) for i in range(3)
+        )
 
     def forward(self, x):  # (N, 3, H, W) -> "c3" (N, 2w, H/8, W/8) ... "c5" (N, 8w, H/32, W/32)
         x, out = torch.relu(self.stem(x)), {}
@@ -125,8 +160,10 @@ class ToyBackbone(Backbone):
         return out
 
     def output_shape(self):
-        return {f"c{i + 3}": ShapeSpec(channels=16 * 2 ** (i + 1), stride=2 ** (i + 3))
-                for i in range(3)}
+        return {
+            f"c{i + 3}": ShapeSpec(channels=16 * 2 ** (i + 1), stride=2 ** (i + 3))
+            for i in range(3)
+        }
 
 
 def build_toy_backbone(cfg, input_shape):
@@ -138,9 +175,18 @@ def test_a_registered_user_backbone_trains_and_evaluates(shapes_val_8, quick_cfg
     IN_FEATURES; nothing else changes."""
     if "build_toy_backbone" not in BACKBONE_REGISTRY:
         BACKBONE_REGISTRY.register(build_toy_backbone)
-    cfg = quick_cfg(["MODEL.BACKBONE.NAME", "build_toy_backbone",
-                     "MODEL.DEFORMABLE_DETR.IN_FEATURES", '["c3", "c4", "c5"]',
-                     "SOLVER.MAX_ITER", "2", "DATASETS.TEST", f"('{shapes_val_8}',)"])
+    cfg = quick_cfg(
+        [
+            "MODEL.BACKBONE.NAME",
+            "build_toy_backbone",
+            "MODEL.DEFORMABLE_DETR.IN_FEATURES",
+            '["c3", "c4", "c5"]',
+            "SOLVER.MAX_ITER",
+            "2",
+            "DATASETS.TEST",
+            f"('{shapes_val_8}',)",
+        ]
+    )
     trainer = Trainer(cfg)
     assert isinstance(trainer.model.backbone, ToyBackbone)
     before = trainer.model.backbone.stem.weight.detach().clone()

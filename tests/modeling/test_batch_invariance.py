@@ -1,10 +1,11 @@
-"""An image's detections do not depend on its batch (MODEL.DEFORMABLE_DETR.BATCH_INVARIANT_INFERENCE,
-on by default at test time): alone or batched with images of other sizes and aspect ratios, its
-per-query scores agree to 1e-4 and boxes to 1e-3 px, and so do its detections (of which two
-with scores equal to rounding may come out of the top-k in either order). At batch 1 the invariant path is the released
-computation, bit for bit. The padded batch (the released behaviour, kept for training) does
-change an image's outputs, which shows that the batches below exercise the padding.
-"""
+"""An image's detections do not depend on its batch
+(MODEL.DEFORMABLE_DETR.BATCH_INVARIANT_INFERENCE, on by default at test time): alone or batched with
+images of other sizes and aspect ratios, its per-query scores agree to 1e-4 and boxes to 1e-3 px,
+and so do its detections (of which two with scores equal to rounding may come out of the top-k in
+either order). At batch 1 the invariant path is the released computation, bit for bit. The padded
+batch (the released behaviour, kept for training) does change an image's outputs, which shows that
+the batches below exercise the padding."""
+
 import pytest
 import torch
 
@@ -38,7 +39,8 @@ def _raw(model, inputs):
 # the released configs, and each newer backbone (shrunk): Swin and MViT pad inside, RegNet as the
 # ResNet, ViT every image to its square
 CASES = [(name, ()) for name in ALL_CONFIGS] + [
-    (name, (*opts, *NO_WEIGHTS)) for name, opts in sorted(BACKBONE_CONFIGS.items())]
+    (name, (*opts, *NO_WEIGHTS)) for name, opts in sorted(BACKBONE_CONFIGS.items())
+]
 
 
 @pytest.mark.slow
@@ -60,7 +62,9 @@ def test_detections_do_not_depend_on_the_batch(name, opts):
         # the same detections; two whose scores differ by rounding may swap places in the top-k
         agreement = compare_detections(
             *([x.pred_boxes.tensor, x.scores, x.pred_classes] for x in (alone, together)),
-            score_tolerance=SCORE_TOL, box_tolerance_px=BOX_TOL_PX)
+            score_tolerance=SCORE_TOL,
+            box_tolerance_px=BOX_TOL_PX,
+        )
         assert agreement["ok"], agreement
 
 
@@ -72,8 +76,8 @@ def test_batch_one_is_the_released_computation(name):
     invariant.eval()
     padded.eval()
     x = [{"image": image(96, 136, 7)}]
-    (scores_i, boxes_i), = _raw(invariant, x)
-    (scores_p, boxes_p), = _raw(padded, x)
+    ((scores_i, boxes_i),) = _raw(invariant, x)
+    ((scores_p, boxes_p),) = _raw(padded, x)
     assert torch.equal(scores_i, scores_p)
     assert torch.equal(boxes_i, boxes_p)
 

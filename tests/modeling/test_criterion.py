@@ -11,6 +11,7 @@ Covered:
   * gradients reach pred_logits and the matched pred_boxes only;
   * unknown loss names, weights and malformed inputs raise ValueError/TypeError.
 """
+
 import math
 
 import pytest
@@ -32,7 +33,7 @@ def _focal(p, t, alpha=0.25, gamma=2.0):
     """Focal loss of one probability p against a 0/1 target t."""
     if t:
         return -alpha * (1 - p) ** gamma * math.log(p)
-    return -(1 - alpha) * p ** gamma * math.log(1 - p)
+    return -(1 - alpha) * p**gamma * math.log(1 - p)
 
 
 # The tiny example. Logits +-ln 3 and 0 have sigmoids 0.75, 0.25 and 0.5.
@@ -73,8 +74,13 @@ def test_hand_numbers():
     assert losses["loss_giou"].item() == pytest.approx(2 * GIOU, rel=1e-5)
 
 
-@pytest.mark.parametrize("weights", [{"loss_ce": 1, "loss_bbox": 1, "loss_giou": 1},
-                                     {"loss_ce": 3.0, "loss_bbox": 0.5, "loss_giou": 0.0}])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {"loss_ce": 1, "loss_bbox": 1, "loss_giou": 1},
+        {"loss_ce": 3.0, "loss_bbox": 0.5, "loss_giou": 0.0},
+    ],
+)
 def test_weights(weights):
     outputs, targets = _example()
     losses = _criterion(weights)(outputs, targets)
@@ -93,19 +99,25 @@ def test_aux_layers_are_matched_on_their_own():
     # Layer 0: the boxes in swapped order and every score 0.5, so the near box, now query 1,
     # matches; scored with the last layer's match (query 0) its L1 would be 1.2, not 0.2.
     # Focal: (q1, c1) positive 0.25 * 0.5^2 * -ln 0.5, three negatives 0.75 * 0.5^2 * -ln 0.5.
-    layer0 = {"pred_logits": torch.zeros(1, 2, 2, requires_grad=True),
-              "pred_boxes": outputs["pred_boxes"].flip(1)}
+    layer0 = {
+        "pred_logits": torch.zeros(1, 2, 2, requires_grad=True),
+        "pred_boxes": outputs["pred_boxes"].flip(1),
+    }
     layer1 = {k: v for k, v in outputs.items()}
     outputs["aux_outputs"] = [layer0, layer1]
     losses = _criterion()(outputs, targets)
     terms = ("loss_ce", "loss_bbox", "loss_giou")
     assert set(losses) == {t + s for t in terms for s in ("", "_0", "_1")}
-    expected = {"": (CE, BBOX, GIOU), "_1": (CE, BBOX, GIOU),
-                "_0": (_focal(0.5, 1) + 3 * _focal(0.5, 0), BBOX, GIOU)}
+    expected = {
+        "": (CE, BBOX, GIOU),
+        "_1": (CE, BBOX, GIOU),
+        "_0": (_focal(0.5, 1) + 3 * _focal(0.5, 0), BBOX, GIOU),
+    }
     for suffix, values in expected.items():
         for term, weight, value in zip(terms, (2, 5, 2), values):
             assert losses[term + suffix].item() == pytest.approx(weight * value, rel=1e-5), (
-                term + suffix)
+                term + suffix
+            )
 
 
 def test_enc_outputs_are_class_agnostic():
@@ -122,11 +134,14 @@ def test_enc_outputs_are_class_agnostic():
 def test_enc_outputs_with_one_class():
     outputs, targets = _example()
     # One score per proposal, (0.25, 0.75): only class 0, positive for query 0.
-    outputs["enc_outputs"] = {"pred_logits": outputs["pred_logits"][..., :1],
-                              "pred_boxes": outputs["pred_boxes"]}
+    outputs["enc_outputs"] = {
+        "pred_logits": outputs["pred_logits"][..., :1],
+        "pred_boxes": outputs["pred_boxes"],
+    }
     losses = _criterion()(outputs, targets)
     assert losses["loss_ce_enc"].item() == pytest.approx(
-        2 * (_focal(0.25, 1) + _focal(0.75, 0)), rel=1e-5)
+        2 * (_focal(0.25, 1) + _focal(0.75, 0)), rel=1e-5
+    )
 
 
 def _random_batch(seed, sizes, Q=6, K=3):
@@ -135,7 +150,7 @@ def _random_batch(seed, sizes, Q=6, K=3):
 
 
 def _image(outputs, targets, i):
-    return {k: v[i:i + 1] for k, v in outputs.items()}, targets[i:i + 1]
+    return {k: v[i : i + 1] for k, v in outputs.items()}, targets[i : i + 1]
 
 
 def test_normalised_by_the_boxes_of_the_batch():
@@ -146,7 +161,8 @@ def test_normalised_by_the_boxes_of_the_batch():
     first = criterion(*_image(outputs, targets, 0))
     second = criterion(*_image(outputs, targets, 1))
     assert batch["loss_ce"].item() == pytest.approx(
-        (3 * first["loss_ce"].item() + 1 * second["loss_ce"].item()) / 3, rel=1e-5)
+        (3 * first["loss_ce"].item() + 1 * second["loss_ce"].item()) / 3, rel=1e-5
+    )
     for term in ("loss_bbox", "loss_giou"):
         assert batch[term].item() == pytest.approx(first[term].item(), rel=1e-5)
         assert second[term].item() == 0
@@ -156,7 +172,8 @@ def test_release_form_on_a_random_batch():
     outputs, targets = _random_batch(1, [2, 4, 1])
     indices = HungarianMatcher()(outputs, targets)
     losses = _criterion({"loss_ce": 1, "loss_bbox": 1, "loss_giou": 1}, num_classes=3)(
-        outputs, targets)
+        outputs, targets
+    )
     logits = outputs["pred_logits"].detach().double()
     N, Q, K = logits.shape
     onehot = torch.zeros_like(logits)
@@ -169,7 +186,7 @@ def test_release_form_on_a_random_batch():
             giou += 1 - pair_giou(pred, gt)
     # The release: sigmoid_focal_loss(...).mean(1).sum() / num_boxes * Q, num_boxes = 7.
     p = logits.sigmoid()
-    focal = -(0.25 * onehot * (1 - p) ** 2 * p.log() + 0.75 * (1 - onehot) * p ** 2 * (1 - p).log())
+    focal = -(0.25 * onehot * (1 - p) ** 2 * p.log() + 0.75 * (1 - onehot) * p**2 * (1 - p).log())
     assert losses["loss_ce"].item() == pytest.approx((focal.mean(1).sum() / 7 * Q).item(), rel=1e-5)
     assert losses["loss_bbox"].item() == pytest.approx(l1 / 7, rel=1e-5)
     assert losses["loss_giou"].item() == pytest.approx(giou / 7, rel=1e-5)
@@ -179,6 +196,7 @@ def test_num_boxes_is_averaged_over_processes(monkeypatch):
     # A fake group of 2 processes, where the other one holds 5 boxes: (3 + 5) / 2 = 4.
     def all_reduce(tensor):
         tensor += 5
+
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
@@ -226,8 +244,9 @@ def test_unknown_loss_name():
         _criterion(losses="labels")
 
 
-@pytest.mark.parametrize("weights", [{"loss_ce": 2.0, "loss_bbox": 5.0},
-                                     dict(RELEASE_WEIGHTS, loss_gio=2.0)])
+@pytest.mark.parametrize(
+    "weights", [{"loss_ce": 2.0, "loss_bbox": 5.0}, dict(RELEASE_WEIGHTS, loss_gio=2.0)]
+)
 def test_weight_dict_names_every_term(weights):
     with pytest.raises(ValueError, match=r"weight_dict must give a weight to each of \['loss_ce',"):
         _criterion(weights)
@@ -244,32 +263,55 @@ def test_bad_construction():
 
 def _set(path, value):
     """A change of the example's inputs: path = ("targets", 0, "boxes") and the like."""
+
     def change(outputs, targets):
         node = {"outputs": outputs, "targets": targets}
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return change
 
 
 BAD_INPUTS = [
-    (_set(("targets", 0, "boxes"), torch.zeros(1, 3)), ValueError,
-     r"targets\[0\]\['boxes'\] must be 2-d with last size 4, got shape \(1, 3\)"),
-    (_set(("targets", 0, "boxes"), torch.zeros(2, 4)), ValueError,
-     r"targets\[0\]\['boxes'\] must be \(T, 4\) with T = 1"),
-    (_set(("targets", 0, "labels"), torch.tensor([[1]])), ValueError,
-     r"targets\[0\]\['labels'\] must be 1-d"),
+    (
+        _set(("targets", 0, "boxes"), torch.zeros(1, 3)),
+        ValueError,
+        r"targets\[0\]\['boxes'\] must be 2-d with last size 4, got shape \(1, 3\)",
+    ),
+    (
+        _set(("targets", 0, "boxes"), torch.zeros(2, 4)),
+        ValueError,
+        r"targets\[0\]\['boxes'\] must be \(T, 4\) with T = 1",
+    ),
+    (
+        _set(("targets", 0, "labels"), torch.tensor([[1]])),
+        ValueError,
+        r"targets\[0\]\['labels'\] must be 1-d",
+    ),
     (_set(("targets", 0, "labels"), torch.tensor([2])), ValueError, r"must lie in \[0, 2\)"),
-    (_set(("targets", 0), {"labels": torch.tensor([1])}), ValueError,
-     r"targets\[0\] must be a dict with 'labels' and 'boxes'"),
-    (_set(("outputs", "pred_logits"), torch.zeros(1, 2, 3)), ValueError,
-     r"K = 2, got \(1, 2, 3\)"),
-    (_set(("outputs", "aux_outputs"), [{"pred_logits": torch.zeros(1, 2, 2),
-                                        "pred_boxes": torch.zeros(1, 2, 3)}]),
-     ValueError, r"outputs\['aux_outputs'\]\[0\]\['pred_boxes'\] must be 3-d with last size 4"),
-    (_set(("outputs", "enc_outputs"), {"pred_logits": torch.zeros(2, 5, 1),
-                                       "pred_boxes": torch.zeros(2, 5, 4)}),
-     ValueError, r"outputs\['enc_outputs'\]\['pred_logits'\] must be \(N, Q, K\) with N = 1"),
+    (
+        _set(("targets", 0), {"labels": torch.tensor([1])}),
+        ValueError,
+        r"targets\[0\] must be a dict with 'labels' and 'boxes'",
+    ),
+    (_set(("outputs", "pred_logits"), torch.zeros(1, 2, 3)), ValueError, r"K = 2, got \(1, 2, 3\)"),
+    (
+        _set(
+            ("outputs", "aux_outputs"),
+            [{"pred_logits": torch.zeros(1, 2, 2), "pred_boxes": torch.zeros(1, 2, 3)}],
+        ),
+        ValueError,
+        r"outputs\['aux_outputs'\]\[0\]\['pred_boxes'\] must be 3-d with last size 4",
+    ),
+    (
+        _set(
+            ("outputs", "enc_outputs"),
+            {"pred_logits": torch.zeros(2, 5, 1), "pred_boxes": torch.zeros(2, 5, 4)},
+        ),
+        ValueError,
+        r"outputs\['enc_outputs'\]\['pred_logits'\] must be \(N, Q, K\) with N = 1",
+    ),
 ]
 
 

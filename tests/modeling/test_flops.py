@@ -7,6 +7,7 @@ the PyTorch reference and never appears in a trace, so the module is skipped.
 All counts are fvcore's: one fused multiply-add is one flop; nn.Linear on (..., in) counts
 prod(...) * in * out (bias free); elementwise ops (softmax, add, div...) count zero.
 """
+
 import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -39,14 +40,18 @@ OP_FLOPS = 2400
 
 def op_inputs():
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(N, S, M, D, generator=g), torch.rand(N, LQ, M, L, P, 2, generator=g),
-            torch.rand(N, LQ, M, L, P, generator=g))
+    return (
+        torch.randn(N, S, M, D, generator=g),
+        torch.rand(N, LQ, M, L, P, 2, generator=g),
+        torch.rand(N, LQ, M, L, P, generator=g),
+    )
 
 
 class CallsOp(nn.Module):
     def forward(self, value, sampling_locations, attention_weights):
-        return ms_deform_attn(value, SPATIAL_SHAPES, LEVEL_START_INDEX, sampling_locations,
-                              attention_weights)
+        return ms_deform_attn(
+            value, SPATIAL_SHAPES, LEVEL_START_INDEX, sampling_locations, attention_weights
+        )
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -92,12 +97,12 @@ def test_ms_deform_attn_module(with_mask):
     inputs += (mask,) if with_mask else ()
 
     linears = {
-        "value_proj": N * S * C * C,                        # 13312
-        "sampling_offsets": N * LQ * C * (M * L * P * 2),   # 3840
-        "attention_weights": N * LQ * C * (M * L * P),      # 1920
-        "output_proj": N * LQ * C * C,                      # 2560
+        "value_proj": N * S * C * C,  # 13312
+        "sampling_offsets": N * LQ * C * (M * L * P * 2),  # 3840
+        "attention_weights": N * LQ * C * (M * L * P),  # 1920
+        "output_proj": N * LQ * C * C,  # 2560
     }
-    op = N * LQ * M * L * P * 5 * (C // M)                  # 4800
+    op = N * LQ * M * L * P * 5 * (C // M)  # 4800
     total = sum(linears.values()) + op
     assert total == 26432
 
@@ -141,8 +146,7 @@ def test_multihead_attention(need_weights):
     scores_and_values = N * H * Q * K * (C // H) * 2
     out_proj = N * Q * C * C
     attention_op = "bmm" if need_weights else "scaled_dot_product_attention"
-    assert analysis.by_operator() == {"linear": in_proj + out_proj,
-                                      attention_op: scores_and_values}
+    assert analysis.by_operator() == {"linear": in_proj + out_proj, attention_op: scores_and_values}
     assert analysis.total() == in_proj + scores_and_values + out_proj
 
 
@@ -157,8 +161,10 @@ def check_model_count(config, height, width, level_shapes):
     queries = sum(h * w for h, w in level_shapes)
     heads, levels, dim = c.NHEADS, len(level_shapes), c.HIDDEN_DIM // c.NHEADS
     per_query = heads * levels * 5 * dim
-    op = (c.ENC_LAYERS * queries * c.ENC_N_POINTS * per_query
-          + c.DEC_LAYERS * c.NUM_QUERIES * c.DEC_N_POINTS * per_query)
+    op = (
+        c.ENC_LAYERS * queries * c.ENC_N_POINTS * per_query
+        + c.DEC_LAYERS * c.NUM_QUERIES * c.DEC_N_POINTS * per_query
+    )
     assert analysis.by_operator()["ms_deform_attn"] == op
     assert MS_DEFORM_ATTN_OP not in analysis.unsupported_ops()
     assert set(by_module) == {name for name, _ in model.named_modules()}

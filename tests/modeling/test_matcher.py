@@ -11,6 +11,7 @@ Covered:
   * non-finite predictions, degenerate boxes and malformed inputs raise ValueError/TypeError
     naming the culprit.
 """
+
 import itertools
 import math
 import re
@@ -43,8 +44,9 @@ def pair_giou(a, b):
 def _pair_cost(logits, box, label, tgt_box, w_class, w_bbox, w_giou, alpha, gamma):
     """The matching cost of one query (K logits, a box) with one target (a label, a box)."""
     p = 1.0 / (1.0 + math.exp(-logits[label]))
-    focal = (alpha * (1 - p) ** gamma * -math.log(p + 1e-8)
-             - (1 - alpha) * p ** gamma * -math.log(1 - p + 1e-8))
+    focal = alpha * (1 - p) ** gamma * -math.log(p + 1e-8) - (1 - alpha) * p**gamma * -math.log(
+        1 - p + 1e-8
+    )
     l1 = sum(abs(x - y) for x, y in zip(box, tgt_box))
     return w_class * focal + w_bbox * l1 - w_giou * pair_giou(box, tgt_box)
 
@@ -54,8 +56,9 @@ def _brute_force(cost):
     their total cost, cheapest first. cost: Q x T nested lists."""
     Q, T = len(cost), len(cost[0]) if cost else 0
     if T <= Q:
-        pairings = [tuple(zip(queries, range(T)))
-                    for queries in itertools.permutations(range(Q), T)]
+        pairings = [
+            tuple(zip(queries, range(T))) for queries in itertools.permutations(range(Q), T)
+        ]
     else:
         pairings = [tuple(zip(range(Q), tgts)) for tgts in itertools.permutations(range(T), Q)]
     scored = [(sum(cost[q][t] for q, t in pairs), tuple(sorted(pairs))) for pairs in pairings]
@@ -66,12 +69,22 @@ def random_batch(gen, sizes, Q, K):
     """Random logits, boxes well inside the image, and targets of T_i = sizes[i] objects."""
     N = len(sizes)
     logits = torch.randn(N, Q, K, generator=gen) * 2
-    boxes = torch.cat([torch.rand(N, Q, 2, generator=gen) * 0.6 + 0.2,
-                       torch.rand(N, Q, 2, generator=gen) * 0.35 + 0.05], -1)
+    boxes = torch.cat(
+        [
+            torch.rand(N, Q, 2, generator=gen) * 0.6 + 0.2,
+            torch.rand(N, Q, 2, generator=gen) * 0.35 + 0.05,
+        ],
+        -1,
+    )
     targets = []
     for T in sizes:
-        tboxes = torch.cat([torch.rand(T, 2, generator=gen) * 0.6 + 0.2,
-                            torch.rand(T, 2, generator=gen) * 0.35 + 0.05], -1)
+        tboxes = torch.cat(
+            [
+                torch.rand(T, 2, generator=gen) * 0.6 + 0.2,
+                torch.rand(T, 2, generator=gen) * 0.35 + 0.05,
+            ],
+            -1,
+        )
         targets.append({"labels": torch.randint(0, K, (T,), generator=gen), "boxes": tboxes})
     return {"pred_logits": logits, "pred_boxes": boxes}, targets
 
@@ -94,8 +107,13 @@ def test_matches_brute_force(seed, weights):
     outputs, targets = random_batch(gen, sizes, Q, K)
     matcher = HungarianMatcher(**weights)
     indices = matcher(outputs, targets)
-    w = (weights["cost_class"], weights["cost_bbox"], weights["cost_giou"],
-         weights["focal_alpha"], weights["focal_gamma"])
+    w = (
+        weights["cost_class"],
+        weights["cost_bbox"],
+        weights["cost_giou"],
+        weights["focal_alpha"],
+        weights["focal_gamma"],
+    )
 
     assert len(indices) == len(sizes)
     for i, (src, tgt) in enumerate(indices):
@@ -104,8 +122,10 @@ def test_matches_brute_force(seed, weights):
         boxes = outputs["pred_boxes"][i].double().tolist()
         labels = targets[i]["labels"].tolist()
         tboxes = targets[i]["boxes"].double().tolist()
-        cost = [[_pair_cost(logits[q], boxes[q], labels[t], tboxes[t], *w) for t in range(T)]
-                for q in range(Q)]
+        cost = [
+            [_pair_cost(logits[q], boxes[q], labels[t], tboxes[t], *w) for t in range(T)]
+            for q in range(Q)
+        ]
         assert src.dtype == tgt.dtype == torch.int64
         assert len(src) == len(tgt) == min(Q, T)
         assert src.tolist() == sorted(set(src.tolist())) and len(set(tgt.tolist())) == len(tgt)
@@ -132,7 +152,7 @@ def test_prefers_the_matching_box_and_class():
     logits = torch.tensor([[[3.0, -3.0], [-3.0, -3.0], [-3.0, 3.0]]])
     boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.2, 0.2], [0.5, 0.5, 0.3, 0.3]]])
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])}]
-    (src, tgt), = HungarianMatcher()({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    ((src, tgt),) = HungarianMatcher()({"pred_logits": logits, "pred_boxes": boxes}, targets)
     assert src.tolist() == [2] and tgt.tolist() == [0]
 
 
@@ -141,9 +161,10 @@ def test_prefers_the_matching_box_and_class():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key, value", [("pred_boxes", float("nan")),
-                                        ("pred_boxes", float("inf")),
-                                        ("pred_logits", float("nan"))])
+@pytest.mark.parametrize(
+    "key, value",
+    [("pred_boxes", float("nan")), ("pred_boxes", float("inf")), ("pred_logits", float("nan"))],
+)
 def test_non_finite_predictions(key, value):
     gen = torch.Generator().manual_seed(1)
     outputs, targets = random_batch(gen, [2], Q=3, K=2)
@@ -154,8 +175,11 @@ def test_non_finite_predictions(key, value):
 
 def test_degenerate_boxes():
     # Two zero-area boxes at one point: their union and enclosing box are empty, GIoU is 0 / 0.
-    outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_boxes": torch.tensor([[[.5, .5, 0, 0]]])}
-    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[.5, .5, 0.0, 0.0]])}]
+    outputs = {
+        "pred_logits": torch.zeros(1, 1, 2),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0, 0]]]),
+    }
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.0, 0.0]])}]
     with pytest.raises(ValueError, match="zero-area predicted or target box"):
         HungarianMatcher()(outputs, targets)
 
@@ -168,18 +192,21 @@ def _valid():
 def _labels(value):
     def change(outputs, targets):
         targets[0]["labels"] = value
+
     return change
 
 
 def _boxes(value):
     def change(outputs, targets):
         targets[0]["boxes"] = value
+
     return change
 
 
 def _pred(key, value):
     def change(outputs, targets):
         outputs[key] = value
+
     return change
 
 
@@ -197,10 +224,16 @@ BAD_INPUTS = [
     (_labels(torch.tensor([0.0, 1.0])), TypeError, r"targets\[0\]\['labels'\]"),
     (_labels(torch.tensor([0, 1], dtype=torch.int32)), TypeError, "must be int64"),
     (_labels(torch.tensor([0, 2])), ValueError, r"must lie in \[0, 2\)"),
-    (_labels(torch.tensor([0])), ValueError,
-     r"targets\[0\]\['boxes'\] must be \(T, 4\) with T = 1"),
-    (_boxes(torch.zeros(2, 3)), ValueError,
-     r"targets\[0\]\['boxes'\] must be 2-d with last size 4"),
+    (
+        _labels(torch.tensor([0])),
+        ValueError,
+        r"targets\[0\]\['boxes'\] must be \(T, 4\) with T = 1",
+    ),
+    (
+        _boxes(torch.zeros(2, 3)),
+        ValueError,
+        r"targets\[0\]\['boxes'\] must be 2-d with last size 4",
+    ),
     (_boxes(torch.tensor([[0.5, 0.5, -0.1, 0.2]] * 2)), ValueError, "w, h >= 0"),
 ]
 
@@ -214,12 +247,15 @@ def test_bad_inputs(change, error, message):
     assert type(info.value) is error
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(cost_class=0, cost_bbox=0, cost_giou=0), "at least one matching cost"),
-    (dict(cost_bbox=-1.0), "cost_bbox must be a non-negative number"),
-    (dict(focal_alpha=1.5), r"focal_alpha must be a number in \[0, 1\]"),
-    (dict(focal_gamma=-2.0), "focal_gamma must be a non-negative number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cost_class=0, cost_bbox=0, cost_giou=0), "at least one matching cost"),
+        (dict(cost_bbox=-1.0), "cost_bbox must be a non-negative number"),
+        (dict(focal_alpha=1.5), r"focal_alpha must be a number in \[0, 1\]"),
+        (dict(focal_gamma=-2.0), "focal_gamma must be a non-negative number"),
+    ],
+)
 def test_bad_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HungarianMatcher(**kwargs)

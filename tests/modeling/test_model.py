@@ -3,6 +3,7 @@ the released initial values, training losses and gradients, and inference output
 
 All on the CPU at tiny image sizes (64x96), with the full-size architecture.
 """
+
 import math
 
 import pytest
@@ -32,8 +33,9 @@ def test_training_returns_finite_named_losses_and_reaches_every_parameter(name):
     losses = model(training_batch())
     dec_layers = len(model.transformer.decoder.layers)
     expected = {"loss_ce", "loss_bbox", "loss_giou"}
-    expected |= {f"{k}_{i}" for k in ("loss_ce", "loss_bbox", "loss_giou")
-                 for i in range(dec_layers - 1)}
+    expected |= {
+        f"{k}_{i}" for k in ("loss_ce", "loss_bbox", "loss_giou") for i in range(dec_layers - 1)
+    }
     if model.transformer.queries.two_stage:
         expected |= {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"}
     assert set(losses) == expected
@@ -46,8 +48,9 @@ def test_training_returns_finite_named_losses_and_reaches_every_parameter(name):
     print(f"{name}: {count(model)} parameters")
 
 
-@pytest.mark.parametrize("name", ["ddetr_r50.yaml", "ddetr_r50_box_refine.yaml",
-                                  "ddetr_r50_two_stage.yaml"])
+@pytest.mark.parametrize(
+    "name", ["ddetr_r50.yaml", "ddetr_r50_box_refine.yaml", "ddetr_r50_two_stage.yaml"]
+)
 def test_initial_values(name):
     model = build(name)
     heads, queries = model.transformer.heads, model.transformer.queries
@@ -71,8 +74,10 @@ def test_initial_values(name):
     for attn in attns:
         assert torch.count_nonzero(attn.sampling_offsets.weight) == 0
         assert torch.count_nonzero(attn.attention_weights.weight) == 0
-        assert torch.allclose(attn.sampling_offsets.bias.view(8, 4, 4, 2)[0, 0, :, 0],
-                              torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        assert torch.allclose(
+            attn.sampling_offsets.bias.view(8, 4, 4, 2)[0, 0, :, 0],
+            torch.tensor([1.0, 2.0, 3.0, 4.0]),
+        )
     if not queries.two_stage:
         assert torch.count_nonzero(queries.reference_points.bias) == 0
         # the learned queries keep nn.Embedding's N(0, 1) (300 x 512 draws), not Xavier's
@@ -90,8 +95,10 @@ def test_inference_outputs_are_well_formed(name):
     model = build(name, ["TEST.DETECTIONS_PER_IMAGE", "50"])
     model.eval()
     # the second image is shown at 48x72 but its original size is 96x144
-    inputs = [{"image": image(64, 96, 0), "height": 64, "width": 96},
-              {"image": image(48, 72, 1), "height": 96, "width": 144}]
+    inputs = [
+        {"image": image(64, 96, 0), "height": 64, "width": 96},
+        {"image": image(48, 72, 1), "height": 96, "width": 144},
+    ]
     with torch.no_grad():
         outputs = model(inputs)
     for out, (h, w) in zip(outputs, [(64, 96), (96, 144)]):

@@ -1,6 +1,7 @@
 """Bad model configs and bad inputs to the model get an error that names them, at the boundary;
 configs that used to fail deep inside (two-stage at another width, the GLU activation) work.
 """
+
 import pytest
 import torch
 
@@ -9,42 +10,47 @@ from model_cases import build, image, instances
 SMALL = "quickstart.yaml"  # ResNet-18, a 128-wide transformer: quick to build
 
 
-@pytest.mark.parametrize("key,value,named", [
-    ("MODEL.DEFORMABLE_DETR.NUM_QUERIES", "0", "num_queries"),
-    ("MODEL.DEFORMABLE_DETR.NUM_QUERIES", "-5", "num_queries"),
-    ("MODEL.DEFORMABLE_DETR.NUM_CLASSES", "0", "num_classes"),
-    ("MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD", "0", "DIM_FEEDFORWARD"),
-    ("MODEL.DEFORMABLE_DETR.DEC_LAYERS", "0", "DEC_LAYERS"),
-    ("MODEL.DEFORMABLE_DETR.ENC_LAYERS", "-1", "ENC_LAYERS"),
-    ("MODEL.DEFORMABLE_DETR.NHEADS", "3", "NHEADS"),
-    ("MODEL.DEFORMABLE_DETR.DEC_N_POINTS", "0", "DEC_N_POINTS"),
-    ("MODEL.DEFORMABLE_DETR.TWO_STAGE_NUM_PROPOSALS", "0", "TWO_STAGE_NUM_PROPOSALS"),
-    ("MODEL.DEFORMABLE_DETR.DROPOUT", "1.0", "DROPOUT"),
-    ("MODEL.DEFORMABLE_DETR.ACTIVATION", "'tanh'", "ACTIVATION"),
-    ("MODEL.DEFORMABLE_DETR.IN_FEATURES", "['res5', 'res4', 'res3']", "high to low"),
-    ("MODEL.PIXEL_MEAN", "[123.675, 116.28]", "PIXEL_MEAN"),
-    ("MODEL.PIXEL_STD", "[58.395, 0.0, 57.375]", "PIXEL_STD"),
-    ("TEST.DETECTIONS_PER_IMAGE", "0", "detections_per_image"),
-])
+@pytest.mark.parametrize(
+    "key,value,named",
+    [
+        ("MODEL.DEFORMABLE_DETR.NUM_QUERIES", "0", "num_queries"),
+        ("MODEL.DEFORMABLE_DETR.NUM_QUERIES", "-5", "num_queries"),
+        ("MODEL.DEFORMABLE_DETR.NUM_CLASSES", "0", "num_classes"),
+        ("MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD", "0", "DIM_FEEDFORWARD"),
+        ("MODEL.DEFORMABLE_DETR.DEC_LAYERS", "0", "DEC_LAYERS"),
+        ("MODEL.DEFORMABLE_DETR.ENC_LAYERS", "-1", "ENC_LAYERS"),
+        ("MODEL.DEFORMABLE_DETR.NHEADS", "3", "NHEADS"),
+        ("MODEL.DEFORMABLE_DETR.DEC_N_POINTS", "0", "DEC_N_POINTS"),
+        ("MODEL.DEFORMABLE_DETR.TWO_STAGE_NUM_PROPOSALS", "0", "TWO_STAGE_NUM_PROPOSALS"),
+        ("MODEL.DEFORMABLE_DETR.DROPOUT", "1.0", "DROPOUT"),
+        ("MODEL.DEFORMABLE_DETR.ACTIVATION", "'tanh'", "ACTIVATION"),
+        ("MODEL.DEFORMABLE_DETR.IN_FEATURES", "['res5', 'res4', 'res3']", "high to low"),
+        ("MODEL.PIXEL_MEAN", "[123.675, 116.28]", "PIXEL_MEAN"),
+        ("MODEL.PIXEL_STD", "[58.395, 0.0, 57.375]", "PIXEL_STD"),
+        ("TEST.DETECTIONS_PER_IMAGE", "0", "detections_per_image"),
+    ],
+)
 def test_bad_model_config_is_named(key, value, named):
     with pytest.raises(ValueError, match=named):
         build(SMALL, [key, value])
 
 
 def _train_step(model, h=64, w=96):
-    batch = [{"image": image(h, w, 0),
-              "instances": instances(h, w, [[4, 6, 40, 50]], [1])}]
+    batch = [{"image": image(h, w, 0), "instances": instances(h, w, [[4, 6, 40, 50]], [1])}]
     losses = model(batch)
     sum(losses.values()).backward()
     return losses
 
 
-@pytest.mark.parametrize("opts", [
-    # two-stage at a width other than 256: the proposal embedding follows HIDDEN_DIM
-    ["MODEL.DEFORMABLE_DETR.TWO_STAGE", "True"],
-    # GLU halves the feed-forward width
-    ["MODEL.DEFORMABLE_DETR.ACTIVATION", "glu"],
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        # two-stage at a width other than 256: the proposal embedding follows HIDDEN_DIM
+        ["MODEL.DEFORMABLE_DETR.TWO_STAGE", "True"],
+        # GLU halves the feed-forward width
+        ["MODEL.DEFORMABLE_DETR.ACTIVATION", "glu"],
+    ],
+)
 def test_configs_that_failed_deep_inside_now_train_and_predict(opts):
     model = build(SMALL, opts)
     losses = _train_step(model)
@@ -62,23 +68,41 @@ def small_model():
     return model
 
 
-@pytest.mark.parametrize("inputs,error,named", [
-    ([], ValueError, "non-empty list"),
-    ({"image": image(32, 32, 0)}, ValueError, "non-empty list"),
-    ([image(32, 32, 0)], ValueError, r"batched_inputs\[0\] must be a dict"),
-    ([{"file_name": "x.jpg"}], ValueError, r"batched_inputs\[0\] must be a dict with an \"image\""),
-    ([{"image": image(32, 40, 0).permute(1, 2, 0)}], ValueError, r"permute\(2, 0, 1\)"),
-    ([{"image": torch.zeros(4, 32, 32)}], ValueError, "3 channels"),
-    ([{"image": torch.zeros(1, 3, 32, 32)}], ValueError, r"one image \(3, H, W\)"),
-    ([{"image": torch.zeros(3, 0, 32)}], ValueError, "must not be empty"),
-    ([{"image": torch.zeros(3, 32, 32, dtype=torch.int32)}], TypeError, "uint8 or floating"),
-    ([{"image": image(32, 32, 0).numpy()}], TypeError, "torch.Tensor"),
-    ([{"image": image(32, 32, 0)}, {"image": torch.full((3, 32, 32), float("nan"))}], ValueError,
-     r"batched_inputs\[1\]\[\"image\"\] has NaN"),
-    ([{"image": image(32, 32, 0), "height": 0, "width": 32}], ValueError, r"\"height\"\].*positive"),
-    ([{"image": image(32, 32, 0), "height": 32, "width": -4}], ValueError, r"\"width\"\].*positive"),
-    ([{"image": image(32, 32, 0), "height": 31.5}], ValueError, r"\"height\""),
-])
+@pytest.mark.parametrize(
+    "inputs,error,named",
+    [
+        ([], ValueError, "non-empty list"),
+        ({"image": image(32, 32, 0)}, ValueError, "non-empty list"),
+        ([image(32, 32, 0)], ValueError, r"batched_inputs\[0\] must be a dict"),
+        (
+            [{"file_name": "x.jpg"}],
+            ValueError,
+            r"batched_inputs\[0\] must be a dict with an \"image\"",
+        ),
+        ([{"image": image(32, 40, 0).permute(1, 2, 0)}], ValueError, r"permute\(2, 0, 1\)"),
+        ([{"image": torch.zeros(4, 32, 32)}], ValueError, "3 channels"),
+        ([{"image": torch.zeros(1, 3, 32, 32)}], ValueError, r"one image \(3, H, W\)"),
+        ([{"image": torch.zeros(3, 0, 32)}], ValueError, "must not be empty"),
+        ([{"image": torch.zeros(3, 32, 32, dtype=torch.int32)}], TypeError, "uint8 or floating"),
+        ([{"image": image(32, 32, 0).numpy()}], TypeError, "torch.Tensor"),
+        (
+            [{"image": image(32, 32, 0)}, {"image": torch.full((3, 32, 32), float("nan"))}],
+            ValueError,
+            r"batched_inputs\[1\]\[\"image\"\] has NaN",
+        ),
+        (
+            [{"image": image(32, 32, 0), "height": 0, "width": 32}],
+            ValueError,
+            r"\"height\"\].*positive",
+        ),
+        (
+            [{"image": image(32, 32, 0), "height": 32, "width": -4}],
+            ValueError,
+            r"\"width\"\].*positive",
+        ),
+        ([{"image": image(32, 32, 0), "height": 31.5}], ValueError, r"\"height\""),
+    ],
+)
 def test_bad_inputs_are_named(small_model, inputs, error, named):
     with torch.no_grad(), pytest.raises(error, match=named):
         small_model(inputs)
@@ -94,7 +118,8 @@ def test_uint8_images_and_output_sizes_are_accepted(small_model):
     x = image(48, 64, 3)
     with torch.no_grad():
         as_float = small_model([{"image": x, "height": 96, "width": 128}])[0]["instances"]
-        as_uint8 = small_model([{"image": x.to(torch.uint8), "height": torch.tensor(96),
-                                 "width": 128}])[0]["instances"]
+        as_uint8 = small_model(
+            [{"image": x.to(torch.uint8), "height": torch.tensor(96), "width": 128}]
+        )[0]["instances"]
     assert as_float.image_size == (96, 128)
     torch.testing.assert_close(as_uint8.scores, as_float.scores, rtol=0, atol=0)

@@ -7,15 +7,17 @@ replacing the neck's features at an image's padded positions with random values 
 the decoder's outputs (to 1e-5). That the backbone and the neck themselves do not see the padding
 at test time is tests/modeling/test_batch_invariance.py.
 """
+
 import pytest
 import torch
 
 from model_cases import BACKBONE_CONFIGS, NO_WEIGHTS, build, image
 
 # the transformer's variants, and each newer backbone (shrunk), whose maps have their own sizes
-VARIANTS = [(name, ()) for name in ("ddetr_r50.yaml", "ddetr_r50_box_refine.yaml",
-                                    "ddetr_r50_two_stage.yaml")] + [
-    (name, (*opts, *NO_WEIGHTS)) for name, opts in sorted(BACKBONE_CONFIGS.items())]
+VARIANTS = [
+    (name, ())
+    for name in ("ddetr_r50.yaml", "ddetr_r50_box_refine.yaml", "ddetr_r50_two_stage.yaml")
+] + [(name, (*opts, *NO_WEIGHTS)) for name, opts in sorted(BACKBONE_CONFIGS.items())]
 
 
 def _batch():
@@ -28,8 +30,11 @@ def _outputs(model, inputs):
     with torch.no_grad():
         out = model.predict(images, mask)
     layers = [out] + out.get("aux_outputs", [])
-    return torch.stack([o["pred_logits"] for o in layers]), torch.stack(
-        [o["pred_boxes"] for o in layers]), mask
+    return (
+        torch.stack([o["pred_logits"] for o in layers]),
+        torch.stack([o["pred_boxes"] for o in layers]),
+        mask,
+    )
 
 
 @pytest.mark.parametrize("name, opts", VARIANTS, ids=[name for name, _ in VARIANTS])
@@ -39,16 +44,19 @@ def test_noise_at_padded_positions_changes_nothing(name, opts):
     inputs = _batch()
     logits, boxes, mask = _outputs(model, inputs)
     # the second image is padded (with ViT's square both are)
-    assert mask[1].any() and (mask[0].any() == bool(model.backbone.padding_constraints.get(
-        "square_size")))
+    assert mask[1].any() and (
+        mask[0].any() == bool(model.backbone.padding_constraints.get("square_size"))
+    )
 
     neck_forward = model.neck.forward
     g = torch.Generator().manual_seed(0)
 
     def noisy_neck(features, image_mask):
         srcs, masks = neck_forward(features, image_mask)
-        noisy = [torch.where(m[:, None], 10 * torch.randn(s.shape, generator=g), s)
-                 for s, m in zip(srcs, masks)]
+        noisy = [
+            torch.where(m[:, None], 10 * torch.randn(s.shape, generator=g), s)
+            for s, m in zip(srcs, masks)
+        ]
         assert all(m[1].any() for m in masks)  # every level of image 1 has padding to perturb
         return noisy, masks
 

@@ -5,6 +5,7 @@ the registry, and input checks.
 
 Backbones have random weights and tiny inputs; only shapes, wiring and masks matter here.
 """
+
 import math
 
 import pytest
@@ -16,8 +17,12 @@ from deformable_detr.config import get_config
 from deformable_detr.modeling.neck import NECK_REGISTRY, DeformableDETRNeck, build_neck
 
 
-def make_cfg(backbone="build_resnet_backbone", in_features=("res3", "res4", "res5"),
-             num_feature_levels=4, res5_dilation=1):
+def make_cfg(
+    backbone="build_resnet_backbone",
+    in_features=("res3", "res4", "res5"),
+    num_feature_levels=4,
+    res5_dilation=1,
+):
     """A config with the release's ResNet-50 settings (pytorch-style stride in the 3x3 conv,
     frozen BN) and the given neck settings."""
     cfg = get_config()
@@ -38,14 +43,29 @@ def make_cfg(backbone="build_resnet_backbone", in_features=("res3", "res4", "res
 # image (70 x 100 -> 9 x 13, 5 x 7, 3 x 4, 2 x 2); FPN needs multiples of 32.
 CASES = {
     "resnet_c3_c5": (dict(), (70, 100), [8, 16, 32, 64], [512, 1024, 2048, 2048]),
-    "resnet_c3_c5_two_extra": (dict(num_feature_levels=5), (70, 100), [8, 16, 32, 64, 128],
-                               [512, 1024, 2048, 2048, 256]),
+    "resnet_c3_c5_two_extra": (
+        dict(num_feature_levels=5),
+        (70, 100),
+        [8, 16, 32, 64, 128],
+        [512, 1024, 2048, 2048, 256],
+    ),
     "resnet_c5": (dict(in_features=["res5"], num_feature_levels=1), (70, 100), [32], [2048]),
-    "resnet_dilated_c5": (dict(in_features=["res5"], num_feature_levels=1, res5_dilation=2),
-                          (70, 100), [16], [2048]),
-    "fpn_p3_p5": (dict(backbone="build_resnet_fpn_backbone", in_features=["p3", "p4", "p5"],
-                       num_feature_levels=5), (64, 96), [8, 16, 32, 64, 128],
-                  [256, 256, 256, 256, 256]),
+    "resnet_dilated_c5": (
+        dict(in_features=["res5"], num_feature_levels=1, res5_dilation=2),
+        (70, 100),
+        [16],
+        [2048],
+    ),
+    "fpn_p3_p5": (
+        dict(
+            backbone="build_resnet_fpn_backbone",
+            in_features=["p3", "p4", "p5"],
+            num_feature_levels=5,
+        ),
+        (64, 96),
+        [8, 16, 32, 64, 128],
+        [256, 256, 256, 256, 256],
+    ),
 }
 
 _backbones = {}
@@ -90,8 +110,18 @@ def case(request):
     with torch.no_grad():
         features = backbone(images)
         srcs, masks = neck(features, mask)
-    return dict(cfg=cfg, backbone=backbone, neck=neck, size=size, strides=strides,
-                in_channels=in_channels, features=features, mask=mask, srcs=srcs, masks=masks)
+    return dict(
+        cfg=cfg,
+        backbone=backbone,
+        neck=neck,
+        size=size,
+        strides=strides,
+        in_channels=in_channels,
+        features=features,
+        mask=mask,
+        srcs=srcs,
+        masks=masks,
+    )
 
 
 def test_levels_channels_and_sizes(case):
@@ -103,16 +133,16 @@ def test_levels_channels_and_sizes(case):
     assert len(case["srcs"]) == len(case["masks"]) == L
     shapes = case["backbone"].output_shape()
     H, W = case["size"]
-    for l, (src, stride) in enumerate(zip(case["srcs"], strides)):
+    for lvl, (src, stride) in enumerate(zip(case["srcs"], strides)):
         assert src.shape[:2] == (2, 256)
-        if l < len(in_features):
-            f = in_features[l]
+        if lvl < len(in_features):
+            f = in_features[lvl]
             assert shapes[f].stride == stride
             assert src.shape[-2:] == case["features"][f].shape[-2:]
             # the backbone's conv arithmetic rounds sizes up at each stride-2 step
             assert src.shape[-2:] == (math.ceil(H / stride), math.ceil(W / stride))
         else:
-            prev = case["srcs"][l - 1].shape[-2:]
+            prev = case["srcs"][lvl - 1].shape[-2:]
             assert src.shape[-2:] == (math.ceil(prev[0] / 2), math.ceil(prev[1] / 2))
 
 
@@ -130,32 +160,33 @@ def test_wiring_of_levels(case):
     neck, features, srcs = case["neck"], case["features"], case["srcs"]
     in_features = case["cfg"].MODEL.DEFORMABLE_DETR.IN_FEATURES
     with torch.no_grad():
-        for l in range(neck.num_feature_levels):
-            if l < len(in_features):
-                x = features[in_features[l]]
-            elif l == len(in_features):
+        for lvl in range(neck.num_feature_levels):
+            if lvl < len(in_features):
+                x = features[in_features[lvl]]
+            elif lvl == len(in_features):
                 x = features[in_features[-1]]
             else:
-                x = srcs[l - 1]
-            torch.testing.assert_close(neck.input_proj[l](x), srcs[l], rtol=0, atol=0)
+                x = srcs[lvl - 1]
+            torch.testing.assert_close(neck.input_proj[lvl](x), srcs[lvl], rtol=0, atol=0)
 
 
 def test_parameter_names_match_release(case):
     L = case["neck"].num_feature_levels
-    expected = {f"input_proj.{l}.{i}.{p}" for l in range(L) for i in (0, 1)
-                for p in ("weight", "bias")}
+    expected = {
+        f"input_proj.{lvl}.{i}.{p}" for lvl in range(L) for i in (0, 1) for p in ("weight", "bias")
+    }
     assert {name for name, _ in case["neck"].named_parameters()} == expected
 
 
 def test_layers_and_initialisation(case):
     n_in = len(case["cfg"].MODEL.DEFORMABLE_DETR.IN_FEATURES)
-    for l, (proj, c_in) in enumerate(zip(case["neck"].input_proj, case["in_channels"])):
+    for lvl, (proj, c_in) in enumerate(zip(case["neck"].input_proj, case["in_channels"])):
         conv, gn = proj[0], proj[1]
-        k = 1 if l < n_in else 3
+        k = 1 if lvl < n_in else 3
         assert (conv.in_channels, conv.out_channels) == (c_in, 256)
         assert conv.kernel_size == (k, k)
-        assert conv.stride == ((1, 1) if l < n_in else (2, 2))
-        assert conv.padding == ((0, 0) if l < n_in else (1, 1))
+        assert conv.stride == ((1, 1) if lvl < n_in else (2, 2))
+        assert conv.padding == ((0, 0) if lvl < n_in else (1, 1))
         assert isinstance(gn, torch.nn.GroupNorm) and gn.num_groups == 32
         assert torch.count_nonzero(conv.bias) == 0
         bound = math.sqrt(6.0 / ((c_in + 256) * k * k))  # Xavier-uniform, gain 1
@@ -177,23 +208,28 @@ SHAPES = {"res3": ShapeSpec(channels=64, stride=8), "res4": ShapeSpec(channels=6
 
 
 def test_plain_arguments():
-    neck = DeformableDETRNeck(input_shape=SHAPES, in_features=["res3", "res4"], hidden_dim=64,
-                              num_feature_levels=3)
+    neck = DeformableDETRNeck(
+        input_shape=SHAPES, in_features=["res3", "res4"], hidden_dim=64, num_feature_levels=3
+    )
     feats = {"res3": torch.randn(1, 64, 8, 8), "res4": torch.randn(1, 64, 4, 4)}
     srcs, masks = neck(feats, torch.zeros(1, 64, 64, dtype=torch.bool))
     assert [tuple(s.shape) for s in srcs] == [(1, 64, 8, 8), (1, 64, 4, 4), (1, 64, 2, 2)]
     assert [tuple(m.shape) for m in masks] == [(1, 8, 8), (1, 4, 4), (1, 2, 2)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(in_features=["res3", "res6"]), r"\['res6'\].*available: \['res3', 'res4'\]"),
-    (dict(in_features=[]), "in_features"),
-    (dict(num_feature_levels=1), "num_feature_levels must be an int >= len"),
-    (dict(hidden_dim=48), "hidden_dim must be a positive multiple of 32"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(in_features=["res3", "res6"]), r"\['res6'\].*available: \['res3', 'res4'\]"),
+        (dict(in_features=[]), "in_features"),
+        (dict(num_feature_levels=1), "num_feature_levels must be an int >= len"),
+        (dict(hidden_dim=48), "hidden_dim must be a positive multiple of 32"),
+    ],
+)
 def test_constructor_checks(kwargs, message):
-    args = dict(input_shape=SHAPES, in_features=["res3", "res4"], hidden_dim=64,
-                num_feature_levels=2)
+    args = dict(
+        input_shape=SHAPES, in_features=["res3", "res4"], hidden_dim=64, num_feature_levels=2
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         DeformableDETRNeck(**args)
@@ -209,8 +245,9 @@ def test_config_checks():
 
 
 def test_forward_checks():
-    neck = DeformableDETRNeck(input_shape=SHAPES, in_features=["res3", "res4"], hidden_dim=32,
-                              num_feature_levels=2)
+    neck = DeformableDETRNeck(
+        input_shape=SHAPES, in_features=["res3", "res4"], hidden_dim=32, num_feature_levels=2
+    )
     feats = {"res3": torch.randn(2, 64, 8, 8), "res4": torch.randn(2, 64, 4, 4)}
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"features lack \['res4'\]"):
