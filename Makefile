@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-installed
 PACKAGE_DIR := $(CURDIR)/projects/DeformableDETR
 
-.PHONY: setup build test test-fast bench quickstart clean
+.PHONY: setup build test test-fast lint format bench quickstart clean
 
 setup: build
 
@@ -52,6 +52,25 @@ quickstart: build
 		--output $(QUICKSTART_DIR)/pictures --confidence-threshold 0.3 \
 		--opts MODEL.WEIGHTS $(QUICKSTART_DIR)/model_final.pth
 	$(PY) tools/quickstart_summary.py $(QUICKSTART_DIR)
+
+# The formatters and the linter, with the project's settings: ruff (ruff.toml) for Python,
+# clang-format (.clang-format) for csrc/. `make lint` checks (CI runs it); `make format` rewrites.
+LINT_STAMP := $(VENV)/.lint-installed
+CXX_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
+
+$(LINT_STAMP): requirements-lint.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-lint.txt
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(LINT_STAMP)
+	$(VENV)/bin/ruff check --fix --select I .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 clean:
 	rm -rf build projects/DeformableDETR/deformable_detr/_C*.so output
