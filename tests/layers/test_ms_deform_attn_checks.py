@@ -34,13 +34,7 @@ pytestmark = requires_extension
 
 def _replace(**changes):
     """A case: a function of the valid inputs (as a dict) returning the modified 5-tuple."""
-    names = (
-        "value",
-        "spatial_shapes",
-        "level_start_index",
-        "sampling_locations",
-        "attention_weights",
-    )
+    names = "value spatial_shapes level_start_index sampling_locations attention_weights".split()
 
     def apply(inputs):
         new = dict(inputs)

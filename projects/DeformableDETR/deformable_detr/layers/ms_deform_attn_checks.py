@@ -48,13 +48,7 @@ def check_ms_deform_attn_inputs(
     The checks of values (spatial_shapes against S, level_start_index against spatial_shapes)
     need the data, so they are skipped while torch.compile or torch.export trace.
     """
-    names = (
-        "value",
-        "spatial_shapes",
-        "level_start_index",
-        "sampling_locations",
-        "attention_weights",
-    )
+    names = "value spatial_shapes level_start_index sampling_locations attention_weights".split()
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, x in zip(names, tensors):
         _require_tensor(name, x)
