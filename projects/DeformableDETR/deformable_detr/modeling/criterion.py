@@ -110,7 +110,7 @@ class SetCriterion(nn.Module):
         outputs: Mapping[str, torch.Tensor],
         targets: Sequence[Mapping],
         indices: Indices,
-        num_boxes: float,
+        num_boxes: torch.Tensor,
     ) -> Dict[str, torch.Tensor]:
         """Sigmoid focal loss of every (query, class) score against one-hot targets: 1 at a
         matched query's target class, 0 elsewhere; summed and divided by num_boxes.
@@ -134,7 +134,7 @@ class SetCriterion(nn.Module):
         outputs: Mapping[str, torch.Tensor],
         targets: Sequence[Mapping],
         indices: Indices,
-        num_boxes: float,
+        num_boxes: torch.Tensor,
     ) -> Dict[str, torch.Tensor]:
         """L1 of the matched (cx, cy, w, h) and 1 - GIoU of the matched boxes, each summed and
         divided by num_boxes.
@@ -156,21 +156,23 @@ class SetCriterion(nn.Module):
     _TERMS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou")}
 
     @staticmethod
-    def num_boxes(targets: Sequence[Mapping], device) -> float:
+    def num_boxes(targets: Sequence[Mapping], device) -> torch.Tensor:
         """The normaliser of every loss: the number of target boxes per process, averaged over
-        all processes so that every process scales its gradient alike; at least 1."""
-        count = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        all processes so that every process scales its gradient alike; at least 1. A 0-d float32
+        tensor on `device`, not a Python float: reading the all-reduced count back would stop the
+        host until the device has run the whole forward."""
+        count = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
         world_size = 1
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(count)
             world_size = dist.get_world_size()
-        return torch.clamp(count / world_size, min=1).item()
+        return torch.clamp(count / world_size, min=1)
 
     def _set_losses(
         self,
         outputs: Mapping[str, torch.Tensor],
         targets: Sequence[Mapping],
-        num_boxes: float,
+        num_boxes: torch.Tensor,
         suffix: str,
     ) -> Dict[str, torch.Tensor]:
         """Matches one set of predictions and returns its weighted losses, names + suffix."""

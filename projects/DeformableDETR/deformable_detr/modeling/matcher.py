@@ -7,6 +7,7 @@ Q; sum(T) targets of the whole batch).
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
@@ -248,20 +249,21 @@ class HungarianMatcher(nn.Module):
             torch.cat([t["labels"] for t in targets]),
             torch.cat([t["boxes"] for t in targets]).to(boxes.dtype),
         )
-        # float64 holds any float dtype exactly, and scipy takes no half precision.
-        cost = cost.view(N, Q, cost.shape[-1]).to("cpu", torch.float64)
-        if not torch.isfinite(cost).all():
-            # Checked on the CPU copy: no device sync unless something is wrong. A diverged
-            # model fails here with its cause, not inside scipy.
+        # The one host sync of a matching: the cost's copy into NumPy, in float64, which holds
+        # any float dtype exactly (scipy takes no half precision). All that follows reads it on
+        # the host.
+        cost = cost.view(N, Q, cost.shape[-1]).to("cpu", torch.float64).numpy()
+        if not np.isfinite(cost).all():
+            # A diverged model fails here with its cause, not inside scipy.
             _raise_not_finite(outputs)
             raise ValueError(
                 "the matching cost is not finite: a zero-area predicted or target "
                 "box leaves GIoU undefined"
             )
-        sizes = [len(t["labels"]) for t in targets]
+        ends = np.cumsum([len(t["labels"]) for t in targets])[:-1]
         indices = []
-        for i, block in enumerate(cost.split(sizes, dim=-1)):
-            rows, cols = linear_sum_assignment(block[i].numpy())
+        for i, block in enumerate(np.split(cost, ends, axis=-1)):
+            rows, cols = linear_sum_assignment(block[i])
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
