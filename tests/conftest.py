@@ -1,6 +1,14 @@
 """Shared pytest configuration and fixtures of the test suite."""
 
+import os
+
 import pytest
+import torch
+
+# Without a GPU, the Triton kernels run on CPU tensors in Triton's interpreter. Triton reads the
+# variable when a kernel is defined, at `import deformable_detr`, so it is set here, first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

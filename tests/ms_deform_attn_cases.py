@@ -11,6 +11,7 @@ same already-rounded inputs, so only the kernel's own arithmetic is measured).
 
 import contextlib
 import math
+import os
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from deformable_detr.layers.ms_deform_attn_op import (
     extension_available,
     kernel_available,
     ms_deform_attn,
+    triton_available,
 )
 from deformable_detr.layers.ms_deform_attn_ref import ms_deform_attn_pytorch
 
@@ -30,6 +32,16 @@ KERNEL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 requires_extension = pytest.mark.skipif(
     not extension_available(), reason="the compiled extension deformable_detr._C is not built"
 )
+
+# Where the Triton kernels run in tests: on the GPU when there is one, else on CPU tensors in
+# Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before the kernels are defined).
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+requires_triton = pytest.mark.skipif(
+    not triton_available()
+    or (TRITON_DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
+    reason="triton is not importable, or there is no GPU and TRITON_INTERPRET is not 1",
+)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # ----------------------------------------------------------------------------------------------
 # Tolerances (assert_close semantics, |actual - expected| <= atol + rtol * |expected|)
@@ -72,6 +84,24 @@ KINK_MARGIN = {
     torch.float32: 1e-3,
     torch.bfloat16: 0.05,
     torch.float16: 0.05,
+}
+
+# ----------------------------------------------------------------------------------------------
+# The cases every kernel backend answers (test_ms_deform_attn_backends.py): make_inputs keyword
+# arguments, by id. Defaults: N 2, Lq 5, M 2, D 8, P 3, the four LEVELS, locations in [-0.1, 1.1].
+# They cover head dims that are not powers of two (30, 48, 71) and are (32, 64), 1 to 5 levels,
+# 1 to 8 points, row counts N * Lq * M that are not a multiple of any tile (26, 42, 201), a batch
+# of 67, and locations in the border bands and far outside.
+# ----------------------------------------------------------------------------------------------
+
+OP_CASES = {
+    "D30-L4-P3": dict(D=30, seed=21),
+    "D48-L1-P1": dict(levels=((6, 5),), D=48, P=1, Lq=13, seed=22),
+    "D32-L2-P8": dict(levels=((5, 7), (2, 3)), D=32, P=8, seed=23),
+    "D64-L5-P2": dict(levels=LEVELS + ((4, 2),), D=64, P=2, seed=24),
+    "D71-M3-Lq7": dict(M=3, D=71, Lq=7, P=4, seed=25),
+    "N67": dict(N=67, Lq=3, M=1, D=16, P=2, levels=LEVELS[:2], seed=26),
+    "border": dict(D=32, Lq=9, border=True, seed=27),
 }
 
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +217,38 @@ def kernel_grads(value, spatial_shapes, level_start_index, loc, weights, grad_ou
     assert "deformable_detr_ms_deform_attn" in type(out.grad_fn).__name__, out.grad_fn
     grads = torch.autograd.grad(out, leaves, grad_out)
     return (out.detach(), *grads)
+
+
+def triton_grads(value, spatial_shapes, level_start_index, loc, weights, grad_out, deterministic):
+    """(output, grad_value, grad_locations, grad_weights) of the Triton operator through its
+    autograd, on TRITON_DEVICE; results on the CPU."""
+    leaves = [t.detach().to(TRITON_DEVICE).requires_grad_() for t in (value, loc, weights)]
+    shapes, starts = spatial_shapes.to(TRITON_DEVICE), level_start_index.to(TRITON_DEVICE)
+    out = torch.ops.deformable_detr.ms_deform_attn_triton(
+        leaves[0], shapes, starts, leaves[1], leaves[2], deterministic
+    )
+    grads = torch.autograd.grad(out, leaves, grad_out.to(TRITON_DEVICE))
+    return tuple(t.detach().cpu() for t in (out, *grads))
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Fills every tensor that torch.empty and its kind allocate with NaN (integers: their largest
+    value), so that an output element a kernel never writes shows in the results."""
+    import torch.utils.deterministic
+
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[2]
 
 
 def raw_forward(value, spatial_shapes, level_start_index, loc, weights):

@@ -70,6 +70,7 @@ model = L(DeformableDETR)(
         with_box_refine=False,  # DEFORMABLE_DETR.WITH_BOX_REFINE
         two_stage=False,  # DEFORMABLE_DETR.TWO_STAGE: encoder proposals become the queries
         two_stage_num_proposals=300,  # DEFORMABLE_DETR.TWO_STAGE_NUM_PROPOSALS
+        deterministic_backward=False,  # DEFORMABLE_DETR.DETERMINISTIC_BACKWARD: CUDA, no atomics
     ),
     criterion=L(SetCriterion)(
         num_classes="${..transformer.num_classes}",  # DEFORMABLE_DETR.NUM_CLASSES

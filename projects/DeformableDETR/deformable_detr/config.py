@@ -57,6 +57,10 @@ def add_deformable_detr_config(cfg):
     c.TWO_STAGE = False
     # Number of encoder proposals kept in two-stage mode (the released model keeps NUM_QUERIES).
     c.TWO_STAGE_NUM_PROPOSALS = 300
+    # On CUDA, the deformable attention's backward without float atomics (Triton kernels): bitwise
+    # repeatable training, at the cost of a sort per call. torch.use_deterministic_algorithms(True)
+    # turns it on too. The CPU kernels are deterministic either way.
+    c.DETERMINISTIC_BACKWARD = False
     # At test time, run the backbone and the neck on every image at its own size (images of one
     # size together) and pad the features, not the pixels, so that an image's detections do not
     # depend on the other images of its batch (the released model's do: its convolutions and

@@ -2,7 +2,13 @@
 and the sine position encoding."""
 
 from .ms_deform_attn import MSDeformAttn
-from .ms_deform_attn_op import extension_available, kernel_available, ms_deform_attn
+from .ms_deform_attn_op import (
+    extension_available,
+    kernel_available,
+    kernel_backend,
+    ms_deform_attn,
+    triton_available,
+)
 from .ms_deform_attn_ref import ms_deform_attn_pytorch
 from .position_encoding import PositionEmbeddingSine, sine_embedding
 
@@ -11,7 +17,9 @@ __all__ = [
     "PositionEmbeddingSine",
     "extension_available",
     "kernel_available",
+    "kernel_backend",
     "ms_deform_attn",
     "ms_deform_attn_pytorch",
     "sine_embedding",
+    "triton_available",
 ]

@@ -24,9 +24,18 @@ class MSDeformAttn(nn.Module):
         n_levels: L, the number of feature levels.
         n_heads: M; must divide d_model.
         n_points: P, sampling points per head and level.
+        deterministic: on CUDA (Triton kernels), a backward bitwise the same from run to run,
+            without float atomics (see `ms_deform_attn`); the CPU's always is.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        deterministic: bool = False,
+    ):
         super().__init__()
         for name, v in (
             ("d_model", d_model),
@@ -44,6 +53,7 @@ class MSDeformAttn(nn.Module):
             n_heads,
             n_points,
         )
+        self.deterministic = deterministic
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -136,5 +146,12 @@ class MSDeformAttn(nn.Module):
         else:
             locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
         # the shapes are checked above and the levels are the caller's: no second check
-        out = ms_deform_attn_unchecked(value, spatial_shapes, level_start_index, locations, weights)
+        out = ms_deform_attn_unchecked(
+            value,
+            spatial_shapes,
+            level_start_index,
+            locations,
+            weights,
+            deterministic=self.deterministic,
+        )
         return self.output_proj(out)

@@ -1,14 +1,18 @@
-"""The multi-scale deformable attention op: the compiled kernels as a torch operator, and the
+"""The multi-scale deformable attention op: the compiled kernels as torch operators, and the
 wrapper that checks inputs (the public `ms_deform_attn`) and chooses kernel or reference.
 
-`torch.ops.deformable_detr.ms_deform_attn` is defined in csrc/vision.cpp; this module gives it
-autograd (the backward is the operator `ms_deform_attn_backward`) and fake kernels, so that
-torch.compile and torch.export see a single operator with known output shapes.
+`torch.ops.deformable_detr.ms_deform_attn` is defined in csrc/vision.cpp (C++ kernels for the CPU,
+and for CUDA when built with nvcc); this module gives it autograd (the backward is the operator
+`ms_deform_attn_backward`) and fake kernels, so that torch.compile and torch.export see a single
+operator with known output shapes. CUDA tensors of float32, float16 and bfloat16 go to the Triton
+operator of ms_deform_attn_triton.py instead, unless the environment variable
+DEFORMABLE_DETR_CUDA_BACKEND is "cpp" (read at import).
 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
 
 import logging
+import os
 import warnings
 
 import torch
@@ -16,7 +20,15 @@ import torch
 from .ms_deform_attn_checks import check_ms_deform_attn_inputs
 from .ms_deform_attn_ref import ms_deform_attn_pytorch
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_unchecked", "extension_available", "kernel_available"]
+__all__ = [
+    "CUDA_BACKEND",
+    "extension_available",
+    "kernel_available",
+    "kernel_backend",
+    "ms_deform_attn",
+    "ms_deform_attn_unchecked",
+    "triton_available",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +38,20 @@ try:
     _EXTENSION_ERROR = None
 except ImportError as e:  # not built: the reference is used, with a warning
     _EXTENSION_ERROR = e
+
+try:
+    from . import ms_deform_attn_triton as _triton
+
+    _TRITON_ERROR = None
+except ImportError as e:  # no triton in this torch build: CUDA tensors use the C++ kernels
+    _triton, _TRITON_ERROR = None, e
+
+_CUDA_BACKENDS = ("triton", "cpp")
+CUDA_BACKEND = os.environ.get("DEFORMABLE_DETR_CUDA_BACKEND", "triton")
+if CUDA_BACKEND not in _CUDA_BACKENDS:
+    raise ValueError(
+        f"DEFORMABLE_DETR_CUDA_BACKEND must be one of {_CUDA_BACKENDS}, got {CUDA_BACKEND!r}"
+    )
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _OP_NAME = "deformable_detr::ms_deform_attn"
@@ -50,10 +76,31 @@ def _kernel_device_types():
 _KERNEL_DEVICE_TYPES = _kernel_device_types()
 
 
+def triton_available() -> bool:
+    """Whether the Triton operator is registered (triton imports)."""
+    return _TRITON_ERROR is None
+
+
+def kernel_backend(device: torch.device, dtype: torch.dtype):
+    """Which kernels run tensors of this device and dtype: "triton", "cpp" (the C++ operator; for
+    meta tensors its fake kernel), or None (the PyTorch reference)."""
+    device_type = torch.device(device).type
+    if (
+        device_type == "cuda"
+        and CUDA_BACKEND == "triton"
+        and triton_available()
+        and dtype in _triton.TRITON_DTYPES
+    ):
+        return "triton"
+    if device_type in _KERNEL_DEVICE_TYPES and dtype in _KERNEL_DTYPES:
+        return "cpp"
+    return None
+
+
 def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a compiled kernel exists for tensors of this device and dtype (for meta tensors:
     the fake kernel, which gives the output's shape and dtype)."""
-    return torch.device(device).type in _KERNEL_DEVICE_TYPES and dtype in _KERNEL_DTYPES
+    return kernel_backend(device, dtype) is not None
 
 
 def _warn_once(reason: str):
@@ -89,6 +136,11 @@ if extension_available():
 
     def _backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+        if value.is_cuda:
+            # raises under torch.use_deterministic_algorithms(True), as PyTorch's own ops do
+            torch._C._alert_not_deterministic(
+                "ms_deform_attn_backward with DEFORMABLE_DETR_CUDA_BACKEND=cpp (float atomics)"
+            )
         grad_value, grad_locations, grad_weights = (
             torch.ops.deformable_detr.ms_deform_attn_backward(
                 value, spatial_shapes, level_start_index, locations, weights, grad_output
@@ -123,6 +175,8 @@ def ms_deform_attn(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    *,
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """Multi-scale deformable attention: for every query and head, the attention-weighted sum of
     values sampled bilinearly (zero padding, align_corners=False) at L * P locations.
@@ -143,17 +197,33 @@ def ms_deform_attn(
         output has the value's dtype after that. Differentiable in value,
         sampling_locations and attention_weights. Uses the compiled kernel when one exists for
         the device and dtype, the PyTorch reference otherwise (with one warning).
+
+    deterministic: on CUDA with the Triton kernels, a backward without float atomics, bitwise
+    the same from run to run (also chosen by torch.use_deterministic_algorithms(True)). The CPU
+    kernels are always deterministic; the opt-in C++ CUDA backward never is, and raises under
+    torch.use_deterministic_algorithms(True).
     """
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
     return ms_deform_attn_unchecked(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        deterministic=deterministic,
     )
 
 
 def ms_deform_attn_unchecked(
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    *,
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """ms_deform_attn() without its input checks, for callers whose inputs are right by
     construction (MSDeformAttn): no device sync to read spatial_shapes back. The C++ entry points
@@ -167,14 +237,18 @@ def ms_deform_attn_unchecked(
         # Keeps the graph connected, so that backward gives zero gradients.
         zero = 0 * (value.sum() + sampling_locations.sum() + attention_weights.sum())
         return value.new_zeros((N, Lq, M * D)) + zero.to(value.dtype)
-    if kernel_available(value.device, value.dtype):
-        return torch.ops.deformable_detr.ms_deform_attn(
+    backend = kernel_backend(value.device, value.dtype)
+    if backend is not None:
+        inputs = (
             value,
             spatial_shapes.long(),
             level_start_index.long(),
             sampling_locations,
             attention_weights,
         )
+        if backend == "triton":
+            return torch.ops.deformable_detr.ms_deform_attn_triton(*inputs, deterministic)
+        return torch.ops.deformable_detr.ms_deform_attn(*inputs)
     if not extension_available():
         _warn_once(f"the compiled extension is not built ({_EXTENSION_ERROR})")
     else:

@@ -78,6 +78,7 @@ class DeformableTransformer(nn.Module):
             deformable attention.
         with_box_refine: iterative box refinement (DetectionHeads). two_stage: encoder
             proposals become the queries (ObjectQueries).
+        deterministic_backward: every MSDeformAttn's `deterministic` (CUDA, Triton kernels).
     """
 
     @configurable
@@ -99,6 +100,7 @@ class DeformableTransformer(nn.Module):
         with_box_refine=False,
         two_stage=False,
         two_stage_num_proposals=300,
+        deterministic_backward=False,
     ):
         super().__init__()
         _check_sizes(
@@ -141,6 +143,9 @@ class DeformableTransformer(nn.Module):
             d_model, two_stage_num_proposals if two_stage else num_queries, two_stage
         )
         self.reset_parameters()
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m.deterministic = deterministic_backward
         self.heads = DetectionHeads(
             d_model, num_classes, num_decoder_layers, with_box_refine, two_stage
         )
@@ -164,6 +169,7 @@ class DeformableTransformer(nn.Module):
             with_box_refine=c.WITH_BOX_REFINE,
             two_stage=c.TWO_STAGE,
             two_stage_num_proposals=c.TWO_STAGE_NUM_PROPOSALS,
+            deterministic_backward=c.DETERMINISTIC_BACKWARD,
         )
 
     def reset_parameters(self):
