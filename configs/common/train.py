@@ -9,7 +9,9 @@ train = dict(
     init_checkpoint="detectron2://ImageNetPretrained/torchvision/R-50.pkl",
     # SOLVER.MAX_ITER: 50 epochs of COCO train2017, 3,696 iterations of 32 images each
     max_iter=184800,
-    amp=dict(enabled=False),  # SOLVER.AMP.ENABLED: float32, as released
+    # SOLVER.AMP.ENABLED: float32, as released; SOLVER.AMP.PRECISION: the autocast dtype with
+    # enabled, "float16" (loss scaled) or "bfloat16"
+    amp=dict(enabled=False, precision="float16"),
     # DistributedDataParallel: buffers (frozen BatchNorm's) are not broadcast, every parameter
     # gets a gradient
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False),

@@ -189,8 +189,9 @@ def test_same_train_values(yaml_name, py_name):
     )
     assert lazy.dataloader.train.total_batch_size == cfg.SOLVER.IMS_PER_BATCH
     assert (train.init_checkpoint, train.output_dir) == (cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
-    assert (train.amp.enabled, train.seed, train.device) == (
+    assert (train.amp.enabled, train.amp.precision, train.seed, train.device) == (
         cfg.SOLVER.AMP.ENABLED,
+        cfg.SOLVER.AMP.PRECISION,
         cfg.SEED,
         cfg.MODEL.DEVICE,
     )

@@ -107,6 +107,10 @@ def add_deformable_detr_config(cfg):
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    # Mixed precision with Detectron2's SOLVER.AMP.ENABLED, on the CPU as on the GPU
+    # (engine.AutocastTrainer): the autocast dtype, "float16" (Detectron2's AMPTrainer's, with
+    # loss scaling) or "bfloat16" (float32's exponent range: no loss scaling needed).
+    cfg.SOLVER.AMP.PRECISION = "float16"
     _add_backbone_config(cfg)
 
 

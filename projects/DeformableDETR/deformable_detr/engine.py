@@ -1,10 +1,11 @@
 """Training and evaluation on Detectron2's DefaultTrainer: this project's optimizer, data mapper
-and COCO evaluation, DistributedDataParallel that also works for a model on the CPU (gloo), and
-a checkpointer that refuses weights matching nothing in the model. The LazyConfig path
-(lazy_engine.py) shares the last three."""
+and COCO evaluation, DistributedDataParallel and mixed-precision training that also work for a
+model on the CPU (gloo, CPU autocast), and a checkpointer that refuses weights matching nothing
+in the model. The LazyConfig path (lazy_engine.py) shares the last three."""
 
 import logging
 import os
+import time
 import weakref
 
 import torch
@@ -19,9 +20,16 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import load_detectron2_checkpoint
 from .data import DetrDatasetMapper
 from .data.coco_checks import check_coco_datasets
-from .solver import build_optimizer
+from .solver import AMP_PRECISIONS, build_optimizer
 
-__all__ = ["Trainer", "WeightsCheckpointer", "coco_evaluator", "wrap_distributed"]
+__all__ = [
+    "AutocastTrainer",
+    "Trainer",
+    "WeightsCheckpointer",
+    "coco_evaluator",
+    "make_trainer",
+    "wrap_distributed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,55 @@ def wrap_distributed(
         broadcast_buffers=broadcast_buffers,
         find_unused_parameters=find_unused_parameters,
     )
+
+
+class AutocastTrainer(AMPTrainer):
+    """Detectron2's AMPTrainer on the CPU as on the GPU: the forward and the loss under
+    torch.autocast of the model's device, where AMPTrainer asserts CUDA. float16 scales the loss
+    (torch.amp.GradScaler of that device; on a GPU, what AMPTrainer does); bfloat16 has float32's
+    exponent range, so its scaler is disabled (scale, unscale_, step and update pass through).
+    The model returns a dict of losses; AMPTrainer's zero_grad_before_forward, log_grad_scaler
+    and async_write_metrics keep their defaults."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype):
+        device_type = next(model.parameters()).device.type
+        scaler = torch.amp.GradScaler(device_type, enabled=precision == torch.float16)
+        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision)
+        self.device_type = device_type
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.precision):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        # Gradients divided by the scale before anything reads them: the optimizer's clipping
+        # would otherwise clip scaled gradients, since GradScaler.step leaves the unscaling of
+        # a fused AdamW (the default here) to its kernel, after the clipping.
+        self.grad_scaler.unscale_(self.optimizer)
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def load_state_dict(self, state_dict):
+        # A checkpoint of float32 training has no loss scale, one of bfloat16 an empty one;
+        # AMPTrainer's raises KeyError or RuntimeError there. The scale starts afresh instead.
+        if not state_dict.get("grad_scaler"):
+            state_dict = {**state_dict, "grad_scaler": self.grad_scaler.state_dict()}
+        super().load_state_dict(state_dict)
+
+
+def make_trainer(model, data_loader, optimizer, *, amp: bool, precision: str) -> SimpleTrainer:
+    """SimpleTrainer, or with amp an AutocastTrainer in `precision` (a key of AMP_PRECISIONS,
+    checked with the other solver values: check_solver_config, check_lazy_solver)."""
+    if not amp:
+        return SimpleTrainer(model, data_loader, optimizer)
+    return AutocastTrainer(model, data_loader, optimizer, AMP_PRECISIONS[precision])
 
 
 def coco_evaluator(dataset_name: str, output_dir: str) -> COCOEvaluator:
@@ -98,8 +155,10 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_distributed(model)
-        trainer_type = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_type(model, data_loader, optimizer)
+        amp = cfg.SOLVER.AMP
+        self._trainer = make_trainer(
+            model, data_loader, optimizer, amp=amp.ENABLED, precision=amp.PRECISION
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = WeightsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -7,9 +7,11 @@ A LazyConfig for train_net.py defines, at its top level (Detectron2's layout; co
   dataloader.train, .test, .evaluator    the training and test loaders, the test's evaluator
   optimizer                              its `params.model` is set to the model here
   lr_multiplier                          an fvcore ParamScheduler, the learning rate's factor
-  train                                  output_dir, init_checkpoint, max_iter, amp.enabled,
-                                         ddp, checkpointer (period, max_to_keep), eval_period,
-                                         log_period, device (and seed, read by default_setup)
+  train                                  output_dir, init_checkpoint, max_iter, amp.enabled
+                                         (amp.precision: "float16", as Detectron2's
+                                         AMPTrainer, when absent), ddp, checkpointer (period,
+                                         max_to_keep), eval_period, log_period, device (and
+                                         seed, read by default_setup)
 Overrides are Hydra's key=value, as for Detectron2's LazyConfig tools; a key the config does
 not have is refused unless written +key=value (Hydra's addition).
 """
@@ -19,14 +21,14 @@ import os
 from typing import Dict, List, Sequence, Tuple
 
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .data.coco_checks import check_coco_datasets
-from .engine import WeightsCheckpointer, wrap_distributed
+from .engine import WeightsCheckpointer, make_trainer, wrap_distributed
 from .solver import check_lazy_solver
 
 __all__ = ["dataset_names", "do_test", "do_train", "evaluate", "load_lazy_config"]
@@ -138,9 +140,10 @@ def evaluate(cfg: DictConfig, resume: bool) -> Dict:
 
 
 def do_train(cfg: DictConfig, resume: bool) -> None:
-    """Trains to train.max_iter with Detectron2's SimpleTrainer (AMPTrainer with
-    train.amp.enabled) and the hooks of its DefaultTrainer: iteration timer, learning-rate
-    schedule, periodic checkpoints, periodic and final evaluation, metric writers."""
+    """Trains to train.max_iter with Detectron2's SimpleTrainer (with train.amp.enabled,
+    engine.AutocastTrainer in train.amp.precision) and the hooks of its DefaultTrainer: iteration
+    timer, learning-rate schedule, periodic checkpoints, periodic and final evaluation, metric
+    writers."""
     train_names, test_names = dataset_names(cfg)
     # a broken test json would otherwise surface at the first evaluation, after training
     check_coco_datasets(train_names)
@@ -152,8 +155,10 @@ def do_train(cfg: DictConfig, resume: bool) -> None:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = wrap_distributed(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
-        model, train_loader, optimizer
+    # Detectron2's LazyConfigs have no train.amp.precision: AMPTrainer's float16 then
+    precision = OmegaConf.select(cfg, "train.amp.precision", default="float16")
+    trainer = make_trainer(
+        model, train_loader, optimizer, amp=cfg.train.amp.enabled, precision=precision
     )
     checkpointer = WeightsCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()

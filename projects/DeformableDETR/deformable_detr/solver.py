@@ -14,6 +14,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from omegaconf import OmegaConf
 
 __all__ = [
+    "AMP_PRECISIONS",
     "build_optimizer",
     "check_lazy_solver",
     "check_solver_config",
@@ -23,6 +24,8 @@ __all__ = [
 
 OPTIMIZERS = {"ADAMW": torch.optim.AdamW, "SGD": torch.optim.SGD}
 CLIP_TYPES = ("full_model", "value", "norm")  # Detectron2's "value" and "norm", and ours
+# the autocast dtypes of mixed-precision training (SOLVER.AMP.PRECISION, train.amp.precision)
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _require(ok: bool, key: str, expected: str, value) -> None:
@@ -70,6 +73,11 @@ def _check_optimizer(key: str, name) -> None:
     _require(name in OPTIMIZERS, key, f"one of {list(OPTIMIZERS)}", name)
 
 
+def _check_precision(key: str, precision) -> None:
+    ok = isinstance(precision, str) and precision in AMP_PRECISIONS
+    _require(ok, key, f"one of {list(AMP_PRECISIONS)}", precision)
+
+
 def _check_clipping(keys: Tuple[str, str, str], clip_type, clip_value, norm_type) -> None:
     """keys: the names of (clip type, clip value, norm type) in errors."""
     _require(clip_type in CLIP_TYPES, keys[0], f"one of {list(CLIP_TYPES)}", clip_type)
@@ -102,6 +110,7 @@ def check_solver_config(cfg) -> None:
     # recipe's STEPS
     _check_steps("SOLVER.STEPS", s.STEPS, "SOLVER.MAX_ITER", s.MAX_ITER, beyond_ok=True)
     _check_optimizer("SOLVER.OPTIMIZER", s.OPTIMIZER)
+    _check_precision("SOLVER.AMP.PRECISION", s.AMP.PRECISION)
     clip = s.CLIP_GRADIENTS
     if clip.ENABLED:
         _check_clipping(
@@ -151,6 +160,7 @@ def check_lazy_solver(cfg) -> None:
             lambda key, v: _check_steps(key, v, "train.max_iter", max_iter, beyond_ok=False),
         ),
         ("optimizer.name", _check_optimizer),
+        ("train.amp.precision", _check_precision),
     )
     for key, check in checks:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
