@@ -1,4 +1,5 @@
-"""Shared by the LazyConfig tests: loading a config of configs/ and describing an augmentation."""
+"""Shared by the LazyConfig tests: loading a config of configs/, a quick run of the quickstart's
+twin, and describing an augmentation."""
 
 import os
 
@@ -6,6 +7,19 @@ from detectron2.data import transforms as T
 
 from deformable_detr.lazy_engine import load_lazy_config
 from repo_paths import CONFIG_DIR
+
+QUICKSTART_PY = os.path.join(CONFIG_DIR, "quickstart.py")
+SMALL_VAL = "ddetr_shapes_val_4"  # the conftest's shapes_val_subset(4)
+# overrides of QUICKSTART_PY for a quick run: 2 iterations of 2 images, evaluated on the 4 images
+# of SMALL_VAL
+QUICK_RUN = [
+    "train.max_iter=2",
+    "lr_multiplier.scheduler.milestones=[1]",
+    "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0",
+    f"dataloader.test.dataset.names={SMALL_VAL}",
+    "dataloader.test.num_workers=0",
+]
 
 
 def lazy_cfg(name, overrides=()):

@@ -21,17 +21,12 @@ from deformable_detr.data import (
     detr_train_augmentation,
 )
 from deformable_detr.lazy_engine import load_lazy_config
-from lazy_cases import describe_augmentation, lazy_cfg
+from lazy_cases import QUICK_RUN, QUICKSTART_PY, SMALL_VAL, describe_augmentation, lazy_cfg
 from model_cases import model_cfg
-from repo_paths import CONFIG_DIR, REPO
-
-
-QUICKSTART_PY = os.path.join(CONFIG_DIR, "quickstart.py")
+from repo_paths import REPO
 
 
 # train_net.py
-
-SMALL_VAL = "ddetr_shapes_val_4"  # the conftest's shapes_val_subset(4)
 
 
 @pytest.fixture
@@ -41,17 +36,6 @@ def small_val(shapes_val_subset):
     name, json_file, images = shapes_val_subset(4)
     assert name == SMALL_VAL
     return json_file, images
-
-
-# a quick run: 2 iterations of 2 images, evaluated on the 4 images of small_val
-QUICK_RUN = [
-    "train.max_iter=2",
-    "lr_multiplier.scheduler.milestones=[1]",
-    "dataloader.train.total_batch_size=2",
-    "dataloader.train.num_workers=0",
-    f"dataloader.test.dataset.names={SMALL_VAL}",
-    "dataloader.test.num_workers=0",
-]
 
 
 def _steps_and_evaluation(output):
