@@ -4,6 +4,7 @@ configs that used to fail deep inside (two-stage at another width, the GLU activ
 
 import pytest
 import torch
+from detectron2.structures import Boxes, Instances
 
 from model_cases import build, image, instances
 
@@ -112,6 +113,81 @@ def test_training_without_instances_is_named():
     model = build(SMALL)
     with pytest.raises(ValueError, match=r"batched_inputs\[0\] has \['image'\]"):
         model([{"image": image(32, 32, 0)}])
+
+
+@pytest.fixture(scope="module")
+def training_model():
+    return build(SMALL)
+
+
+def _with_instances(fields, h=32, w=48):
+    """Two images, the second with Instances of these fields."""
+    inst = Instances((h, w))
+    for k, v in fields.items():
+        inst.set(k, v)
+    return [
+        {"image": image(h, w, 0), "instances": instances(h, w, [], [])},
+        {"image": image(h, w, 1), "instances": inst},
+    ]
+
+
+_BOX = Boxes(torch.tensor([[4.0, 6.0, 20.0, 30.0]]))
+
+
+@pytest.mark.parametrize(
+    "fields,error,named",
+    [
+        (
+            {"gt_boxes": _BOX},
+            ValueError,
+            r"batched_inputs\[1\]\[\"instances\"\] must be Instances with gt_boxes and "
+            r"gt_classes, got Instances with \['gt_boxes'\]",
+        ),
+        (
+            {"gt_boxes": _BOX.tensor, "gt_classes": torch.tensor([1])},
+            TypeError,
+            r"gt_boxes must be Boxes",
+        ),
+        (
+            {"gt_boxes": _BOX, "gt_classes": torch.tensor([1], dtype=torch.int32)},
+            TypeError,
+            r"gt_classes must be a 1-d int64",
+        ),
+        (
+            {"gt_boxes": _BOX, "gt_classes": torch.tensor([3])},
+            ValueError,
+            r"\]\.gt_classes must lie in \[0, 3\) \(NUM_CLASSES\), got values in \[3, 3\]",
+        ),
+        (
+            {"gt_boxes": _BOX, "gt_classes": torch.tensor([-1])},
+            ValueError,
+            r"gt_classes must lie in \[0, 3\)",
+        ),
+        (
+            {
+                "gt_boxes": Boxes(torch.tensor([[4.0, 6.0, float("nan"), 30.0]])),
+                "gt_classes": torch.tensor([1]),
+            },
+            ValueError,
+            r"batched_inputs\[1\]\[\"instances\"\]\.gt_boxes must be finite.*1 are not",
+        ),
+        (
+            {
+                "gt_boxes": Boxes(torch.tensor([[20.0, 6.0, 4.0, 30.0]])),
+                "gt_classes": torch.tensor([1]),
+            },
+            ValueError,
+            r"x1 <= x2 and y1 <= y2; 1 are not, e.g. \[20.0, 6.0, 4.0, 30.0\]",
+        ),
+    ],
+)
+def test_bad_instances_are_named_before_the_forward(
+    training_model, fields, error, named, monkeypatch
+):
+    # checked at the boundary, with the images: the network never runs on them
+    monkeypatch.setattr(training_model, "predict", lambda *args: pytest.fail("predict ran"))
+    with pytest.raises(error, match=named):
+        training_model(_with_instances(fields))
 
 
 def test_uint8_images_and_output_sizes_are_accepted(small_model):

@@ -213,8 +213,17 @@ class SetCriterion(nn.Module):
         if "enc_outputs" in outputs:
             # Class-agnostic proposals may have any K' >= 1 classes: their targets are class 0.
             _check_layer(outputs["enc_outputs"], "outputs['enc_outputs']", N, None)
+        return self.compute(outputs, targets)
 
+    def compute(
+        self, outputs: Mapping, targets: List[Dict[str, torch.Tensor]]
+    ) -> Dict[str, torch.Tensor]:
+        """forward() without its input checks, for callers that have checked the inputs already:
+        the meta-architecture checks the instances its targets are made of at its own boundary,
+        in the one read of the batch's values, so that reading them back here would be a second
+        host sync."""
         num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
+        aux = outputs.get("aux_outputs", [])
         last = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
         losses = self._set_losses(last, targets, num_boxes, "")
         for i, layer in enumerate(aux):

@@ -187,12 +187,20 @@ class DeformableDETR(nn.Module):
             training: dict of weighted losses; inference: list of {"instances": Instances}.
         """
         square_size = self.backbone.padding_constraints.get("square_size", 0)
-        check_batched_inputs(batched_inputs, len(self.pixel_mean), self.training, square_size)
+        num_classes = getattr(self.criterion, "num_classes", None)
+        check_batched_inputs(
+            batched_inputs, len(self.pixel_mean), self.training, square_size, num_classes
+        )
         images, mask = self.preprocess_image(batched_inputs)
         outputs = self.predict(images, mask)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images.image_sizes)
-            return self.criterion(outputs, targets)
+            # the instances are checked above, with the images: a SetCriterion need not read
+            # their values back a second time
+            criterion = self.criterion
+            if isinstance(criterion, SetCriterion):
+                criterion = criterion.compute
+            return criterion(outputs, targets)
         results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
         processed = []
         for result, inputs, size in zip(results, batched_inputs, images.image_sizes):
