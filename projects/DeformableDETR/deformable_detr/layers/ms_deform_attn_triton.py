@@ -27,22 +27,37 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .ms_deform_attn_triton_kernels import backward_kernel, forward_kernel, segment_sum_kernel
 
-__all__ = ["TRITON_DTYPES", "TILES", "autotune_choices", "triton_backward", "triton_forward"]
+__all__ = [
+    "TRITON_DTYPES",
+    "TILES",
+    "autotune_choices",
+    "specializations",
+    "triton_backward",
+    "triton_forward",
+]
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# (BLOCK_R rows per program, num_warps): the autotuner's list on the GPU.
-TILES = ((16, 2), (32, 4), (64, 4), (128, 8))
+# (BLOCK_R rows per program, num_warps): the autotuner's list on the GPU. Each holds 4 of the
+# tile's (BLOCK_R, 32) elements per thread; 8 took 161-255 registers and spilled in the backward,
+# 16 or more spilled in the forward too (tools/triton_aot_check.py).
+TILES = ((8, 2), (16, 4), (32, 8), (64, 16))
 # The tile used without autotuning: under the interpreter, and in the deterministic backward,
 # whose bits must not change with the autotuner's choice (the reduction over D inside a tile
 # follows the tile's thread layout).
-FIXED_TILE = (32, 4)
+FIXED_TILE = (16, 4)
 # (BLOCK_T value rows per program, num_warps) of the deterministic backward's segment sums.
 SEGMENT_TILE = (32, 4)
+# The forward needs about 110 registers; left alone, ptxas held the float16 / float32-location
+# forward to 79 on sm_80 and spilled.
+FORWARD_OPTIONS = {"maxnreg": 128}
 
 _KEY = ["M", "D", "L", "P", "size_class"]
 _CONFIGS = [triton.Config({"BLOCK_R": rows}, num_warps=warps) for rows, warps in TILES]
-_forward_tuned = triton.autotune(configs=_CONFIGS, key=_KEY)(forward_kernel)
+_FORWARD_CONFIGS = [
+    triton.Config({"BLOCK_R": rows}, num_warps=warps, **FORWARD_OPTIONS) for rows, warps in TILES
+]
+_forward_tuned = triton.autotune(configs=_FORWARD_CONFIGS, key=_KEY)(forward_kernel)
 # the autotuner runs the kernel once per candidate: grad_value's atomic sums restart each time
 _backward_tuned = triton.autotune(configs=_CONFIGS, key=_KEY, reset_to_zero=["grad_value_ptr"])(
     backward_kernel
@@ -56,6 +71,50 @@ def autotune_choices() -> dict:
         for name, tuned in (("forward", _forward_tuned), ("backward", _backward_tuned))
         for key, config in tuned.cache.items()
     }
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def specializations(D=32):
+    """Every (name, kernel, signature, constexprs, compile options) that triton_forward and
+    triton_backward launch for head dim D (any N, S, Lq, M, L, P): each value dtype,
+    with locations and weights of its own dtype or (half values) float32, each tile. For ahead-of-
+    time compilation, e.g. tools/triton_aot_check.py."""
+    out = []
+    ints = {n: "i32" for n in ("rows", "Lq", "S", "M", "L", "P", "size_class")}
+    for value_dtype in TRITON_DTYPES:
+        v = _TRITON_TYPES[value_dtype]
+        for loc in dict.fromkeys((v, "fp32")):
+            inputs = dict(
+                value_ptr="*" + v, shapes_ptr="*i64", starts_ptr="*i64", loc_ptr="*" + loc
+            )
+            inputs["attn_ptr"] = "*" + loc
+            consts = dict(D=D, BLOCK_D=triton.next_power_of_2(D))
+            forward = dict(inputs, out_ptr="*" + v, **ints)
+            grads = dict(grad_out_ptr="*" + v, grad_value_ptr="*fp32")
+            grads.update(grad_loc_ptr="*" + loc, grad_attn_ptr="*" + loc)
+            for deterministic in (False, True):
+                extra = dict(dest_ptr="*i64" if deterministic else "*fp32", coef_ptr="*fp32")
+                backward = dict(inputs, **grads, **extra, **ints)
+                for block_r, warps in [FIXED_TILE] if deterministic else TILES:
+                    c = dict(consts, BLOCK_R=block_r)
+                    tag = f"{v}/{loc} D{D} tile {block_r}x{warps}w"
+                    options = {"num_warps": warps}
+                    if not deterministic:
+                        forward_options = dict(options, **FORWARD_OPTIONS)
+                        out.append((f"forward {tag}", forward_kernel, forward, c, forward_options))
+                    c = dict(c, DETERMINISTIC=deterministic)
+                    name = f"backward{'-deterministic' if deterministic else ''} {tag}"
+                    out.append((name, backward_kernel, backward, c, options))
+        segment = dict(grad_out_ptr="*" + v, order_ptr="*i64", coef_ptr="*fp32")
+        segment.update(bounds_ptr="*i64", grad_value_ptr="*" + v, value_rows="i32")
+        segment.update(L="i32", P="i32")
+        block_t, warps = SEGMENT_TILE
+        c = dict(D=D, BLOCK_T=block_t, BLOCK_D=triton.next_power_of_2(D))
+        tag = f"{v} D{D} tile {block_t}x{warps}w"
+        out.append((f"segment-sum {tag}", segment_sum_kernel, segment, c, {"num_warps": warps}))
+    return out
 
 
 def _size_class(rows):
@@ -75,15 +134,16 @@ def _run(kernel, grid, args, kwargs):
     wrap_triton(kernel)[grid](*args, **kwargs)
 
 
-def _launch(kernel, tuned, tile, rows, args, consts):
+def _launch(kernel, tuned, tile, rows, args, consts, options=None):
     """Launches `tuned` (the autotuner, on the GPU) or `kernel` with `tile` (BLOCK_R, num_warps)
-    (given, or FIXED_TILE) over cdiv(rows, BLOCK_R) programs."""
+    (given, or FIXED_TILE) and the compile `options` over cdiv(rows, BLOCK_R) programs."""
     if tile is None and args[0].is_cuda:
         _run(tuned, lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]),), args, consts)
     else:
         block_r, warps = tile or FIXED_TILE
         grid = (triton.cdiv(rows, block_r),)
-        _run(kernel, grid, args, dict(consts, BLOCK_R=block_r, num_warps=warps))
+        launch = dict(consts, BLOCK_R=block_r, num_warps=warps, **(options or {}))
+        _run(kernel, grid, args, launch)
 
 
 def _layout(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -94,7 +154,7 @@ def _layout(value, spatial_shapes, level_start_index, sampling_locations, attent
         t.contiguous()
         for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     ]
-    return tensors, (N, S, M, D, Lq, L), dict(D=D, P=P, BLOCK_D=triton.next_power_of_2(D))
+    return tensors, (N, S, M, D, Lq, L, P), dict(D=D, BLOCK_D=triton.next_power_of_2(D))
 
 
 def triton_forward(
@@ -102,15 +162,15 @@ def triton_forward(
 ):
     """(N, Lq, M * D) in value's dtype. tile: (BLOCK_R, num_warps), or None for the autotuner on
     the GPU and FIXED_TILE elsewhere."""
-    tensors, (N, S, M, D, Lq, L), consts = _layout(
+    tensors, (N, S, M, D, Lq, L, P), consts = _layout(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
     out = value.new_empty((N, Lq, M * D))
     rows = N * Lq * M
     if rows == 0:
         return out
-    args = (*tensors, out, rows, Lq, S, M, L, _size_class(rows))
-    _launch(forward_kernel, _forward_tuned, tile, rows, args, consts)
+    args = (*tensors, out, rows, Lq, S, M, L, P, _size_class(rows))
+    _launch(forward_kernel, _forward_tuned, tile, rows, args, consts, FORWARD_OPTIONS)
     return out
 
 
@@ -126,7 +186,7 @@ def triton_backward(
 ):
     """(grad_value, grad_locations, grad_weights), each in its input's dtype. tile as in
     triton_forward; the deterministic backward uses FIXED_TILE unless one is given."""
-    tensors, (N, S, M, D, Lq, L), consts = _layout(
+    tensors, (N, S, M, D, Lq, L, P), consts = _layout(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
     value, locations, weights = tensors[0], tensors[3], tensors[4]
@@ -140,17 +200,16 @@ def triton_backward(
     if not deterministic:
         grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
         args = (*tensors, grad_output, grad_value, grad_locations, grad_weights, unused, unused)
-        args += (rows, Lq, S, M, L, _size_class(rows))
+        args += (rows, Lq, S, M, L, P, _size_class(rows))
         consts["DETERMINISTIC"] = False
         _launch(backward_kernel, _backward_tuned, tile, rows, args, consts)
         return grad_value.to(value.dtype), grad_locations, grad_weights
 
     # entry 4 * i + k: corner k of sample i, its value row (or the sink N * S * M) and coefficient
-    P = consts["P"]
     dest = value.new_empty(rows * L * P * 4, dtype=torch.int64)
     coef = value.new_empty(rows * L * P * 4, dtype=torch.float32)
     args = (*tensors, grad_output, unused, grad_locations, grad_weights, dest, coef)
-    args += (rows, Lq, S, M, L, _size_class(rows))
+    args += (rows, Lq, S, M, L, P, _size_class(rows))
     _launch(backward_kernel, None, tile or FIXED_TILE, rows, args, dict(consts, DETERMINISTIC=True))
     value_rows = N * S * M
     # stable: entries of one value row keep their (sample, corner) order
@@ -161,8 +220,8 @@ def triton_backward(
     _run(
         segment_sum_kernel,
         (triton.cdiv(value_rows, block_t),),
-        (grad_output, order, coef, bounds, grad_value, value_rows, L),
-        dict(D=D, P=P, BLOCK_T=block_t, BLOCK_D=consts["BLOCK_D"], num_warps=warps),
+        (grad_output, order, coef, bounds, grad_value, value_rows, L, P),
+        dict(D=D, BLOCK_T=block_t, BLOCK_D=consts["BLOCK_D"], num_warps=warps),
     )
     return grad_value, grad_locations, grad_weights
 

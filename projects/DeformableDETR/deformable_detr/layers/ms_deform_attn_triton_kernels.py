@@ -4,9 +4,9 @@ and the two kernels of the deterministic backward.
 A program owns a tile of BLOCK_R rows r = (n * Lq + q) * M + m (one query and head each) and all
 D channels (BLOCK_D: D rounded up to a power of two), loops over the L levels and P points, and
 loads the four bilinear corners of every sample as (BLOCK_R, BLOCK_D) tiles, each row D
-contiguous channels. Sums run in float32 whatever the value's dtype. The points of a level are
-unrolled (their 4 * P corner loads are independent), the levels are a loop: unrolling both made
-ptxas take ~40 s per kernel at L = P = 4, and one specialisation serves every L.
+contiguous channels. Sums run in float32 whatever the value's dtype. Levels and points are plain
+loops, not unrolled: unrolled at L = P = 4, ptxas took ~40 s per kernel and the tiles ran out of
+registers (255 and a stack: spills); as loops, one specialisation serves every L and P.
 
 The sampling math is that of csrc/ms_deform_attn/ms_deform_attn_sampling.h (grid_sample's
 bilinear, zero padding, align_corners=False; a location whose pixel coordinates are not strictly
@@ -15,7 +15,8 @@ backends answer the shared test cases alike.
 
 Value rows: value (N, S, M, D) is addressed in rows of D channels, row (n * S + s) * M + m holding
 pixel s of head m in image n. Sample i = (r * L + l) * P + p indexes sampling_locations (two
-values at 2 * i) and attention_weights, as in the C++ kernels. Under TRITON_INTERPRET=1 these
+values at 2 * i) and attention_weights, as in the C++ kernels. Indices are int32 (half the
+registers of int64; the launcher refuses larger tensors). Under TRITON_INTERPRET=1 these
 kernels run on CPU tensors: that is how CI checks them without a GPU.
 
 Shapes: see the legend in deformable_detr/__init__.py.
@@ -48,8 +49,8 @@ def _sample(loc_ptr, attn_ptr, i, ok, H, W):
     a = tl.where(inside, a, 0.0)
     h0f = tl.floor(h)
     w0f = tl.floor(w)
-    h0 = h0f.to(tl.int64)
-    w0 = w0f.to(tl.int64)
+    h0 = h0f.to(tl.int32)
+    w0 = w0f.to(tl.int32)
     top = inside & (h0 >= 0)
     bottom = inside & (h0 + 1 <= H - 1)
     left = w0 >= 0
@@ -86,9 +87,9 @@ def _store_rows(ptr, rows, valid, tile, D: tl.constexpr, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _tile_rows(rows, Lq, S, M, BLOCK_R: tl.constexpr):
-    """This program's rows r (BLOCK_R,) int64, which of them exist, and the value row of pixel 0
+    """This program's rows r (BLOCK_R,), which of them exist, and the value row of pixel 0
     of each one's image and head: (n * S) * M + m."""
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     n = r // (Lq * M)
     return r, r < rows, n * S * M + r % M
 
@@ -106,9 +107,9 @@ def forward_kernel(
     S,
     M,
     L,
+    P,
     size_class,  # noqa: ARG001  (read by the autotuner's key only)
     D: tl.constexpr,
-    P: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -120,7 +121,7 @@ def forward_kernel(
         H = tl.load(shapes_ptr + 2 * lvl)
         W = tl.load(shapes_ptr + 2 * lvl + 1)
         level = head + tl.load(starts_ptr + lvl) * M
-        for p in tl.static_range(P):
+        for p in range(P):
             i = (r * L + lvl) * P + p
             a, lh, lw, pixel, v00, v01, v10, v11 = _sample(loc_ptr, attn_ptr, i, ok, H, W)
             hh = 1.0 - lh
@@ -185,9 +186,9 @@ def backward_kernel(
     S,
     M,
     L,
+    P,
     size_class,  # noqa: ARG001  (read by the autotuner's key only)
     D: tl.constexpr,
-    P: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
@@ -204,7 +205,7 @@ def backward_kernel(
         H = tl.load(shapes_ptr + 2 * lvl)
         W = tl.load(shapes_ptr + 2 * lvl + 1)
         level = head + tl.load(starts_ptr + lvl) * M
-        for p in tl.static_range(P):
+        for p in range(P):
             i = (r * L + lvl) * P + p
             a, lh, lw, pixel, v00, v01, v10, v11 = _sample(loc_ptr, attn_ptr, i, ok, H, W)
             hh = 1.0 - lh
@@ -292,8 +293,8 @@ def segment_sum_kernel(
     grad_value_ptr,
     value_rows,
     L,
+    P,
     D: tl.constexpr,
-    P: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -301,7 +302,7 @@ def segment_sum_kernel(
     stably by destination value row, and value row t owns order[bounds[t]:bounds[t + 1]]; a program
     sums the entries of BLOCK_T rows, each in that order, one entry per step, and writes each
     row once. The order of every sum is thus fixed by the data alone, not by the tiling."""
-    t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok = t < value_rows
     first = tl.load(bounds_ptr + t, mask=ok, other=0)
     count = tl.load(bounds_ptr + t + 1, mask=ok, other=0) - first
