@@ -5,9 +5,9 @@ one's registers per thread and local memory (spills) as a markdown table.
     python tools/triton_aot_check.py [--archs 80 90] [--head-dim 32] [--json F]
 
 Exits 1 when a forward kernel has a stack frame (ptxas's spills: the forward keeps its
-accumulators in registers, and a spill there costs every call) or a compile fails. Compiled kernels land in
-Triton's cache, so a second run takes seconds. Run without TRITON_INTERPRET (the interpreter's
-kernels cannot be compiled).
+accumulators in registers, and a spill there costs every call) or a compile fails. Compiled
+kernels land in Triton's cache, so a second run takes seconds. Run without TRITON_INTERPRET
+(the interpreter's kernels cannot be compiled).
 """
 
 import argparse
