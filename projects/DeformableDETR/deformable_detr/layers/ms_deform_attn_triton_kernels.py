@@ -29,11 +29,15 @@ __all__ = ["forward_kernel", "backward_kernel", "segment_sum_kernel"]
 
 
 @triton.jit
-def _sample(loc_ptr, attn_ptr, i, ok, H, W):
-    """Sample i (BLOCK_R,) on an H x W level. Returns its attention weight (0 for a skipped
-    sample), the fractional parts (lh, lw) of its pixel coordinates, the pixel index of its
-    top-left corner, and whether each corner is inside the map: top-left, top-right, bottom-left,
-    bottom-right."""
+def _sample(shapes_ptr, starts_ptr, loc_ptr, attn_ptr, r, ok, head, lvl, p, M, L, P):
+    """Point p of level lvl for the rows r (BLOCK_R,), whose value rows of pixel 0 are `head`.
+    Returns the level's H and W, the sample index i, its attention weight a (0 for a skipped
+    sample), the fractional parts (lh, lw) of its pixel coordinates, the value row of its top-left
+    corner, and whether each corner is inside the map: top-left, top-right, bottom-left,
+    bottom-right (the others' rows: + M, + W * M, + W * M + M)."""
+    H = tl.load(shapes_ptr + 2 * lvl)
+    W = tl.load(shapes_ptr + 2 * lvl + 1)
+    i = (r * L + lvl) * P + p
     x = tl.load(loc_ptr + 2 * i, mask=ok, other=0.0).to(tl.float32)
     y = tl.load(loc_ptr + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
     a = tl.load(attn_ptr + i, mask=ok, other=0.0).to(tl.float32)
@@ -55,11 +59,15 @@ def _sample(loc_ptr, attn_ptr, i, ok, H, W):
     bottom = inside & (h0 + 1 <= H - 1)
     left = w0 >= 0
     right = w0 + 1 <= W - 1
+    top_left = head + (tl.load(starts_ptr + lvl) + h0 * W + w0) * M
     return (
+        H,
+        W,
+        i,
         a,
         h - h0f,
         w - w0f,
-        h0 * W + w0,
+        top_left,
         top & left,
         top & right,
         bottom & left,
@@ -118,15 +126,12 @@ def forward_kernel(
     r, ok, head = _tile_rows(rows, Lq, S, M, BLOCK_R)
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
-        H = tl.load(shapes_ptr + 2 * lvl)
-        W = tl.load(shapes_ptr + 2 * lvl + 1)
-        level = head + tl.load(starts_ptr + lvl) * M
         for p in range(P):
-            i = (r * L + lvl) * P + p
-            a, lh, lw, pixel, v00, v01, v10, v11 = _sample(loc_ptr, attn_ptr, i, ok, H, W)
+            H, W, i, a, lh, lw, top_left, v00, v01, v10, v11 = _sample(
+                shapes_ptr, starts_ptr, loc_ptr, attn_ptr, r, ok, head, lvl, p, M, L, P
+            )
             hh = 1.0 - lh
             hw = 1.0 - lw
-            top_left = level + pixel * M
             acc += (a * hh * hw)[:, None] * _rows(value_ptr, top_left, v00, D, BLOCK_D)
             acc += (a * hh * lw)[:, None] * _rows(value_ptr, top_left + M, v01, D, BLOCK_D)
             acc += (a * lh * hw)[:, None] * _rows(value_ptr, top_left + W * M, v10, D, BLOCK_D)
@@ -202,15 +207,12 @@ def backward_kernel(
     sink = rows // Lq * S  # N * S * M: one past the last value row
     go = _rows(grad_out_ptr, r, ok, D, BLOCK_D)
     for lvl in range(L):
-        H = tl.load(shapes_ptr + 2 * lvl)
-        W = tl.load(shapes_ptr + 2 * lvl + 1)
-        level = head + tl.load(starts_ptr + lvl) * M
         for p in range(P):
-            i = (r * L + lvl) * P + p
-            a, lh, lw, pixel, v00, v01, v10, v11 = _sample(loc_ptr, attn_ptr, i, ok, H, W)
+            H, W, i, a, lh, lw, top_left, v00, v01, v10, v11 = _sample(
+                shapes_ptr, starts_ptr, loc_ptr, attn_ptr, r, ok, head, lvl, p, M, L, P
+            )
             hh = 1.0 - lh
             hw = 1.0 - lw
-            top_left = level + pixel * M
             g00 = _corner_backward(
                 value_ptr,
                 grad_value_ptr,
