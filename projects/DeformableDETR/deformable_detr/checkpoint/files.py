@@ -10,7 +10,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -160,16 +160,21 @@ def load_weights_file(path: str) -> Mapping:
 
 
 def save_detectron2_checkpoint(
-    path: str, state_dict: Mapping[str, torch.Tensor], author: str
+    path: str,
+    state_dict: Mapping[str, torch.Tensor],
+    author: str,
+    class_names: Optional[Sequence[str]] = None,
 ) -> None:
     """Writes {"model": state_dict, "__author__": author, "matching_heuristics": False}, the
     layout of Detectron2's checkpoints: DetectionCheckpointer (MODEL.WEIGHTS) then loads every
-    name as it is, without its name-matching heuristics."""
+    name as it is, without its name-matching heuristics. `class_names` (of the class heads'
+    rows) are stored too when given: fine-tuning matches them by name."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    torch.save(
-        {"model": dict(state_dict), "__author__": author, "matching_heuristics": False}, path
-    )
+    checkpoint = {"model": dict(state_dict), "__author__": author, "matching_heuristics": False}
+    if class_names is not None:
+        checkpoint["class_names"] = list(class_names)
+    torch.save(checkpoint, path)
 
 
 def convert_weights_file(
