@@ -93,4 +93,8 @@ model = L(DeformableDETR)(
     pixel_std=[58.395, 57.120, 57.375],
     detections_per_image=100,  # TEST.DETECTIONS_PER_IMAGE
     batch_invariant_inference=True,  # DEFORMABLE_DETR.BATCH_INVARIANT_INFERENCE
+    # the training dataset's thing_classes (train_net.py sets them from dataloader.train when
+    # None): saved in checkpoints, and matched by name when weights of other classes load
+    class_names=None,
+    keep_matching_classes=False,  # DEFORMABLE_DETR.KEEP_MATCHING_CLASSES
 )

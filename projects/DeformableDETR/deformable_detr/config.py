@@ -21,6 +21,11 @@ def add_deformable_detr_config(cfg):
     c = cfg.MODEL.DEFORMABLE_DETR
     # Number of object classes (COCO: 80). The class head has this many sigmoid outputs.
     c.NUM_CLASSES = 80
+    # Fine-tuning from MODEL.WEIGHTS trained for other classes: the class heads are re-initialised
+    # (one log line says so). True keeps the file's rows of the classes whose names the training
+    # dataset shares with the file (the names this project's checkpoints and converted released
+    # weights store), e.g. "person" and "car" of COCO weights; the others are re-initialised.
+    c.KEEP_MATCHING_CLASSES = False
     # Number of object queries of the decoder (one-stage), i.e. detections before top-k.
     c.NUM_QUERIES = 300
     # Width of the transformer (d_model); every feature level is projected to it.

@@ -116,8 +116,15 @@ class WeightsCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that reads every file with load_detectron2_checkpoint (no code in
     a .pkl or .pth runs; files that are not checkpoints, or damaged, raise ValueError) and raises
     when a weights file shares no parameter with the model (the wrong file, or a checkpoint that
-    needs conversion); partial matches load with Detectron2's warnings, as when fine-tuning with
-    another number of classes."""
+    needs conversion); partial matches load with Detectron2's warnings. A file with other
+    classes loads with the class heads fitted to the model (modeling/fine_tuning.py), and the
+    checkpoints it writes store the model's class names, which that fitting matches by name."""
+
+    def save(self, name: str, **kwargs) -> None:
+        class_names = getattr(self.model, "class_names", None)
+        if class_names is not None:
+            kwargs.setdefault("class_names", list(class_names))
+        super().save(name, **kwargs)
 
     def _load_file(self, filename):
         # explicit, not only through install_safe_checkpoint_loading's process-wide patch: this

@@ -29,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.coco_checks import check_coco_datasets
 from .engine import WeightsCheckpointer, make_trainer, wrap_distributed
+from .modeling.fine_tuning import dataset_class_names
 from .solver import check_lazy_solver
 
-__all__ = ["dataset_names", "do_test", "do_train", "evaluate", "load_lazy_config"]
+__all__ = ["build_model", "dataset_names", "do_test", "do_train", "evaluate", "load_lazy_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +129,20 @@ def do_test(cfg: DictConfig, model) -> Dict:
     return results
 
 
+def build_model(cfg: DictConfig):
+    """instantiate(cfg.model), with model.class_names set from the training (else test)
+    dataset's metadata when the config leaves them None."""
+    if OmegaConf.select(cfg, "model.class_names", default="") is None:
+        train_names, test_names = dataset_names(cfg)
+        num_classes = OmegaConf.select(cfg, "model.transformer.num_classes", default=None)
+        cfg.model.class_names = dataset_class_names(train_names or test_names, num_classes)
+    return instantiate(cfg.model)
+
+
 def evaluate(cfg: DictConfig, resume: bool) -> Dict:
     """--eval-only: the model with train.init_checkpoint (or, with resume, the last checkpoint
     of train.output_dir), evaluated by do_test."""
-    model = instantiate(cfg.model)
+    model = build_model(cfg)
     model.to(cfg.train.device)
     WeightsCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
         cfg.train.init_checkpoint, resume=resume
@@ -148,7 +159,7 @@ def do_train(cfg: DictConfig, resume: bool) -> None:
     # a broken test json would otherwise surface at the first evaluation, after training
     check_coco_datasets(train_names)
     check_coco_datasets(test_names, require_annotations=False)
-    model = instantiate(cfg.model)
+    model = build_model(cfg)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model

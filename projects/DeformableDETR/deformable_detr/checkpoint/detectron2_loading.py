@@ -4,17 +4,28 @@ DetectionCheckpointer._load_file reads a .pkl with pickle.load (a crafted MODEL.
 file that OUTPUT_DIR/last_checkpoint names on --resume, runs its code) and checks nothing about
 what it read. load_detectron2_checkpoint reads the file safely, then converts it exactly as
 Detectron2 does: model-zoo .pkl as they are, Caffe2 "blobs" and flat .pkl dicts with name-matching
-heuristics, pycls .pyth "model_state", and any other file as a checkpoint or a bare state dict.
+heuristics, pycls .pyth "model_state", and any other file as a checkpoint or a bare state dict;
+and it refuses weights that hold NaN or inf, naming them.
+
+Loading into a model that fits files to itself (DeformableDETR.fit_state_dict: class heads and
+queries of another count, when fine-tuning), every DetectionCheckpointer lets it do so first.
 """
 
 from typing import Any, Dict, Mapping
+
+import numpy as np
+import torch
 from urllib.parse import parse_qs
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .files import load_weights_file
 
-__all__ = ["install_safe_checkpoint_loading", "load_detectron2_checkpoint"]
+__all__ = [
+    "install_safe_checkpoint_loading",
+    "load_detectron2_checkpoint",
+    "load_model_fitted",
+]
 
 
 def _from_pkl(checkpointer, filename: str, data: Mapping) -> Dict[str, Any]:
@@ -59,12 +70,35 @@ def _from_torch_file(checkpointer, filename: str, data: Mapping) -> Dict[str, An
     return checkpoint
 
 
+def _check_finite(filename: str, weights: Mapping) -> None:
+    """Raises ValueError naming the floating-point tensors of `weights` that hold NaN or inf: a
+    model loaded with them would run, with wrong numbers (the deformable attention samples a NaN
+    location as zero)."""
+    bad = []
+    for name, value in weights.items():
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+            count, size = value.size - int(np.isfinite(value).sum()), value.size
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            count, size = value.numel() - int(torch.isfinite(value).sum()), value.numel()
+        else:
+            continue
+        if count:
+            bad.append(f"{name!r} ({count} of {size} values)")
+    if bad:
+        raise ValueError(
+            f"{filename}: {len(bad)} weight tensor(s) hold NaN or inf: {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}; the file is damaged or its training diverged "
+            f"(resume from an earlier checkpoint)"
+        )
+
+
 def load_detectron2_checkpoint(
     checkpointer: DetectionCheckpointer, filename: str
 ) -> Dict[str, Any]:
     """What DetectionCheckpointer._load_file returns ({"model": weights, ...}), with the file
     read by load_weights_file: no code in it runs. Raises ValueError naming the file when it is
-    refused, is not a checkpoint, or its "model" entry is not a dict of weights."""
+    refused, is not a checkpoint, its "model" entry is not a dict of weights, or a weight is
+    not finite."""
     data = load_weights_file(filename)
     if filename.endswith(".pkl"):
         checkpoint = _from_pkl(checkpointer, filename, data)
@@ -77,7 +111,22 @@ def load_detectron2_checkpoint(
             f"{filename}: 'model' must be a dict of tensors or arrays, found a "
             f"{type(checkpoint['model']).__name__}"
         )
+    _check_finite(filename, checkpoint["model"])
     return checkpoint
+
+
+_detectron2_load_model = DetectionCheckpointer._load_model
+
+
+def load_model_fitted(checkpointer: DetectionCheckpointer, checkpoint: Dict[str, Any]):
+    """DetectionCheckpointer._load_model, after the model (when it has `fit_state_dict`) fitted
+    the file's weights to itself, with the file's "class_names" when it has them. Files that
+    need Detectron2's name-matching heuristics (Caffe2, pycls) are not fitted: their names are
+    not the model's until those heuristics ran."""
+    fit = getattr(checkpointer.model, "fit_state_dict", None)
+    if fit is not None and not checkpoint.get("matching_heuristics", False):
+        fit(checkpoint["model"], checkpoint.get("class_names"))
+    return _detectron2_load_model(checkpointer, checkpoint)
 
 
 def install_safe_checkpoint_loading() -> None:
@@ -89,5 +138,10 @@ def install_safe_checkpoint_loading() -> None:
     code build a plain DetectionCheckpointer, whose .pkl reading would run a crafted file's code.
     Idempotent: installing again sets the same function. Subclasses that override _load_file
     themselves keep their own reading.
+
+    Also makes their _load_model fit the weights to the model first (load_model_fitted), so that
+    fine-tuning from a file with other classes works through any checkpointer (DefaultPredictor's
+    too).
     """
     DetectionCheckpointer._load_file = load_detectron2_checkpoint
+    DetectionCheckpointer._load_model = load_model_fitted

@@ -165,5 +165,7 @@ def convert_official_checkpoint(
         output_path,
         converted,
         author=f"fundamentalvision/Deformable-DETR ({found.name}), converted for Detectron2",
+        # the rows' classes, in Detectron2's contiguous order (coco_category_ids)
+        class_names=MetadataCatalog.get("coco_2017_val").thing_classes,
     )
     return found

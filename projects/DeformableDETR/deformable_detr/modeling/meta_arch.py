@@ -4,7 +4,7 @@ Shapes: see the legend in deformable_detr/__init__.py.
 """
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -16,17 +16,19 @@ from torchvision.ops import box_convert
 
 from ..layers import PositionEmbeddingSine
 from .criterion import SetCriterion
+from .fine_tuning import dataset_class_names, fit_state_dict
 from .input_checks import check_batched_inputs
 from .matcher import HungarianMatcher
 from .neck import build_neck
 from .per_image import features_per_image
-from .released_names import use_released_names
+from .released_names import MODEL_ALIASES, released_aliases, use_released_names
 from .transformer import build_transformer
 
 __all__ = ["DeformableDETR"]
 
 
 @META_ARCH_REGISTRY.register()
+@released_aliases(MODEL_ALIASES)
 class DeformableDETR(nn.Module):
     """Backbone -> neck -> deformable transformer (with the class and box heads of every decoder
     layer) -> set criterion in training, top-k detections at inference.
@@ -38,7 +40,9 @@ class DeformableDETR(nn.Module):
     the other images of its batch; training always runs on the padded batch, as released.
 
     state_dict() and load_state_dict() use the released checkpoints' names
-    (see released_names.py).
+    (see released_names.py). `class_names` (the dataset's, K of them) are saved in this project's
+    checkpoints; a file with other classes loads with its class heads fitted to the model
+    (fine_tuning.py), keeping the rows of classes of the same name with `keep_matching_classes`.
     """
 
     @configurable
@@ -55,6 +59,8 @@ class DeformableDETR(nn.Module):
         pixel_std,
         detections_per_image: int = 100,
         batch_invariant_inference: bool = True,
+        class_names: Optional[Sequence[str]] = None,
+        keep_matching_classes: bool = False,
     ):
         super().__init__()
         if (
@@ -84,6 +90,16 @@ class DeformableDETR(nn.Module):
         self.aux_loss = aux_loss
         self.detections_per_image = detections_per_image
         self.batch_invariant_inference = batch_invariant_inference
+        num_classes = transformer.heads.class_embed[0].out_features
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names must name the model's {num_classes} classes "
+                f"(MODEL.DEFORMABLE_DETR.NUM_CLASSES), got {len(class_names)}: {list(class_names)}"
+            )
+        # the dataset's K class names: saved in checkpoints, and matched by name when a file
+        # with other classes loads (fine_tuning.py)
+        self.class_names = None if class_names is None else list(class_names)
+        self.keep_matching_classes = keep_matching_classes
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         use_released_names(self)
@@ -133,11 +149,20 @@ class DeformableDETR(nn.Module):
             pixel_std=cfg.MODEL.PIXEL_STD,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             batch_invariant_inference=c.BATCH_INVARIANT_INFERENCE,
+            class_names=dataset_class_names(
+                list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST), c.NUM_CLASSES
+            ),
+            keep_matching_classes=c.KEEP_MATCHING_CLASSES,
         )
 
     @property
     def device(self):
         return self.pixel_mean.device
+
+    def fit_state_dict(self, state_dict: Dict, file_class_names: Optional[Sequence[str]]):
+        """Fits a file's class heads and learned queries to this model before it loads
+        (fine_tuning.py); called by every Detectron2 checkpointer (checkpoint/)."""
+        fit_state_dict(self, state_dict, file_class_names)
 
     def preprocess_image(self, batched_inputs: List[Dict]):
         """Normalises and pads the images. Returns the ImageList and the padding mask

@@ -2,10 +2,7 @@
 
 The transformer owns the object queries and the detection heads (one owner each, data flowing one
 way), but the released checkpoints keep the heads and the learned queries at the top of the
-model, and the two-stage and reference-point layers directly under `transformer`. The model's
-state_dict() writes the released names and load_state_dict() reads them (and the module names
-too), and reports missing or unexpected keys by them, so that checkpoints, converters and released
-weights see one layout:
+model, and the two-stage and reference-point layers directly under `transformer`:
 
     transformer.heads.class_embed.*          <-> class_embed.*
     transformer.heads.bbox_embed.*           <-> bbox_embed.*
@@ -13,31 +10,71 @@ weights see one layout:
     transformer.queries.<layer>.*            <-> transformer.<layer>.*  (reference_points,
                                                  enc_output(_norm), pos_trans(_norm))
 
-named_parameters() gives the module names.
+The model's state_dict() writes the released names and load_state_dict() reads them (and the
+module names too), and reports missing or unexpected keys by them, so that checkpoints,
+converters and released weights see one layout. Every released name is also a module path:
+`model.class_embed`, `model.transformer.reference_points` (and model.get_submodule) return the
+module that holds those weights, so that whatever maps a state_dict key back to its module
+(fvcore's shape-mismatch check, Detectron2's matching heuristics, user code) finds it.
+named_parameters() and named_modules() give the module names.
 """
 
 from typing import Dict
 
 from torch import nn
 
-__all__ = ["RELEASED_NAMES", "use_released_names"]
+__all__ = [
+    "MODEL_ALIASES",
+    "RELEASED_NAMES",
+    "TRANSFORMER_ALIASES",
+    "released_aliases",
+    "use_released_names",
+]
 
-# (module name prefix, released name prefix)
+# released name -> module path, relative to the meta-architecture
+MODEL_ALIASES = {
+    "class_embed": "transformer.heads.class_embed",
+    "bbox_embed": "transformer.heads.bbox_embed",
+    "query_embed": "transformer.queries.query_embed",
+}
+# released name -> module path, relative to the transformer
+TRANSFORMER_ALIASES = {
+    layer: f"queries.{layer}"
+    for layer in (
+        "reference_points",
+        "enc_output",
+        "enc_output_norm",
+        "pos_trans",
+        "pos_trans_norm",
+    )
+}
+
+# (module name prefix, released name prefix) of state_dict keys, relative to the model
 RELEASED_NAMES = (
-    ("transformer.heads.class_embed.", "class_embed."),
-    ("transformer.heads.bbox_embed.", "bbox_embed."),
-    ("transformer.queries.query_embed.", "query_embed."),
+    *((f"{path}.", f"{name}.") for name, path in MODEL_ALIASES.items()),
     *(
-        (f"transformer.queries.{layer}.", f"transformer.{layer}.")
-        for layer in (
-            "reference_points",
-            "enc_output",
-            "enc_output_norm",
-            "pos_trans",
-            "pos_trans_norm",
-        )
+        (f"transformer.{path}.", f"transformer.{name}.")
+        for name, path in TRANSFORMER_ALIASES.items()
     ),
 )
+
+
+def _module_at(path: str) -> property:
+    # AttributeError when the path does not exist in this variant (query_embed in two-stage
+    # mode): getattr then falls back to nn.Module.__getattr__, which says so
+    return property(lambda self: self.get_submodule(path), doc=f"The module at `{path}`.")
+
+
+def released_aliases(aliases: Dict[str, str]):
+    """Class decorator: each released name in `aliases` becomes a read-only attribute that returns
+    the module at its path (not registered a second time: parameters are counted once)."""
+
+    def decorate(cls):
+        for name, path in aliases.items():
+            setattr(cls, name, _module_at(path))
+        return cls
+
+    return decorate
 
 
 def _rename(state_dict: Dict, prefix: str, to_released: bool) -> None:

@@ -17,6 +17,7 @@ from .encoder_decoder import DeformableDecoder, DeformableEncoder
 from .heads import DetectionHeads
 from .levels import flatten_levels
 from .queries import ObjectQueries
+from .released_names import TRANSFORMER_ALIASES, released_aliases
 from .transformer_layers import ACTIVATIONS
 
 __all__ = ["TRANSFORMER_REGISTRY", "DeformableTransformer", "build_transformer"]
@@ -67,6 +68,7 @@ def _check_sizes(**sizes):
 
 
 @TRANSFORMER_REGISTRY.register()
+@released_aliases(TRANSFORMER_ALIASES)
 class DeformableTransformer(nn.Module):
     """Encoder, object queries, decoder and the detection heads of every decoder layer.
 
