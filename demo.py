@@ -40,15 +40,24 @@ from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 logger = logging.getLogger("deformable_detr.demo")
 
 
-def probability(text):
-    """argparse type: a finite number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
+def number(holds, expected):
+    """argparse type: a number for which holds(value) is true (never for nan), else an error that
+    says what was expected."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not holds(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+probability = number(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+positive = number(lambda v: 0 < v < math.inf, "a finite number > 0")
 
 
 def get_parser():
@@ -62,6 +71,13 @@ def get_parser():
         type=probability,
         default=0.5,
         help="minimum score of the detections drawn",
+    )
+    parser.add_argument(
+        "--scale",
+        type=positive,
+        default=1.0,
+        help="size of the pictures relative to the images (the Visualizer's scale; e.g. 3 for "
+        "small images, whose labels would otherwise cover the objects)",
     )
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
@@ -92,10 +108,10 @@ class Predictor:
         return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"]
 
 
-def draw(predictor, metadata, bgr, threshold):
+def draw(predictor, metadata, bgr, threshold, scale=1.0):
     instances = predictor(bgr).to("cpu")
     instances = instances[instances.scores >= threshold]
-    vis = Visualizer(bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    vis = Visualizer(bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     return vis.draw_instance_predictions(instances).get_image()[:, :, ::-1], len(instances)
 
 
@@ -127,12 +143,12 @@ def picture_paths(paths, output):
     return outs
 
 
-def run_images(predictor, metadata, paths, outs, threshold):
+def run_images(predictor, metadata, paths, outs, threshold, scale=1.0):
     for path, out in zip(paths, outs):
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"cannot read {path!r} as an image")
-        picture, n = draw(predictor, metadata, bgr, threshold)
+        picture, n = draw(predictor, metadata, bgr, threshold, scale)
         logger.info(f"{path}: {n} detections")
         if out and not cv2.imwrite(out, picture):
             raise OSError(f"cannot write the picture of {path!r} to {out!r}")
@@ -149,7 +165,7 @@ def run_video(predictor, metadata, args):
         ok, bgr = video.read()
         if not ok:
             break
-        picture, _ = draw(predictor, metadata, bgr, args.confidence_threshold)
+        picture, _ = draw(predictor, metadata, bgr, args.confidence_threshold, args.scale)
         if args.output:
             if writer is None:
                 h, w = picture.shape[:2]
@@ -184,7 +200,7 @@ def main(argv=None):
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     predictor = Predictor(cfg)
     if args.input:
-        run_images(predictor, metadata, paths, outs, args.confidence_threshold)
+        run_images(predictor, metadata, paths, outs, args.confidence_threshold, args.scale)
     else:
         run_video(predictor, metadata, args)
 

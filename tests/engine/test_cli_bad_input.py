@@ -36,6 +36,19 @@ def test_demo_threshold_outside_0_1_is_an_argument_error(shapes_root, capsys, va
     )
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "nan", "inf", "big"])
+def test_demo_scale_not_a_finite_positive_number_is_an_argument_error(shapes_root, capsys, value):
+    (image,) = val_images(shapes_root, 1)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("demo.py").main(
+            ["--config-file", QUICKSTART, "--input", image, "--scale", value]
+        )
+    assert exit_info.value.code == 2
+    assert f"argument --scale: must be a finite number > 0, got '{value}'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_demo_output_without_an_image_extension_is_refused(shapes_root, tmp_path):
     (image,) = val_images(shapes_root, 1)
     out = str(tmp_path / "picture.notanimage")

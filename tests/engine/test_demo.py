@@ -148,3 +148,20 @@ def test_demo_creates_the_folder_of_its_video(shapes_root, tmp_path):
         ["--config-file", QUICKSTART, "--video-input", str(video_in), "--output", str(video_out)]
     )
     assert _count_frames(video_out) == 2
+
+
+def test_demo_scale_draws_the_image_that_many_times_larger(shapes_root, tmp_path):
+    (image,) = val_images(shapes_root, 1)
+    out = tmp_path / "picture.png"
+    # threshold 1: no detection is drawn, so the picture is the image alone, enlarged
+    load_script("demo.py").main(
+        ["--config-file", QUICKSTART, "--input", image, "--output", str(out)]
+        + ["--confidence-threshold", "1", "--scale", "3"]
+    )
+    bgr = cv2.imread(image)
+    picture = cv2.imread(str(out))
+    assert picture.shape == (3 * bgr.shape[0], 3 * bgr.shape[1], 3)
+    # averaged over its 3x3 blocks, the picture is the image: 3.0 levels apart on average here
+    # (matplotlib moves some block edges by a pixel), where the image moved by one pixel is 9-10
+    shrunk = cv2.resize(picture, bgr.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(int) - bgr).mean() < 4.5
