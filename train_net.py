@@ -9,8 +9,9 @@
   python train_net.py --config-file configs/ddetr_r50.py train.max_iter=1000   # LazyConfig
 
 Overrides: KEY VALUE pairs for a yacs config, key=value (Hydra's syntax) for a LazyConfig.
-Any dataset registered in Detectron2's DatasetCatalog works (see README.md); the built-in
-synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are written on first use.
+Any dataset registered in Detectron2's DatasetCatalog works (docs/own_data_and_finetuning.md);
+the built-in synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are written on first
+use.
 """
 
 import os

@@ -38,7 +38,7 @@ dataloader.train = L(build_detection_train_loader)(
         image_format="RGB",  # INPUT.FORMAT: torchvision's ResNet, as released
     ),
     # SOLVER.IMS_PER_BATCH: 32 images per iteration over all processes (released: 2 per GPU on
-    # 16 GPUs), not rescaled with the number of GPUs (README.md, "Scaling")
+    # 16 GPUs), not rescaled with the number of GPUs (docs/training.md, "Scaling")
     total_batch_size=32,
     aspect_ratio_grouping=True,  # DATALOADER.ASPECT_RATIO_GROUPING
     num_workers=4,  # DATALOADER.NUM_WORKERS, per process

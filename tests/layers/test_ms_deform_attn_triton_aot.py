@@ -1,7 +1,7 @@
 """Every Triton kernel specialisation of the op compiles for sm_80 and sm_90 without a GPU or a
 CUDA toolkit, and no forward kernel spills: tools/triton_aot_check.py, run as a user runs it
 (a subprocess, without TRITON_INTERPRET). Its table of registers and stack bytes per kernel is in
-README.md. Compiled kernels stay in Triton's cache: about 35 s on 2 cores cold, seconds warm.
+docs/op.md. Compiled kernels stay in Triton's cache: about 35 s on 2 cores cold, seconds warm.
 """
 
 import json

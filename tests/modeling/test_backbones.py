@@ -171,8 +171,8 @@ def build_toy_backbone(cfg, input_shape):
 
 
 def test_a_registered_user_backbone_trains_and_evaluates(shapes_val_8, quick_cfg):
-    """README's recipe: register a builder, name it in MODEL.BACKBONE.NAME and the neck's
-    IN_FEATURES; nothing else changes."""
+    """The recipe of docs/backbones.md: register a builder, name it in MODEL.BACKBONE.NAME and
+    the neck's IN_FEATURES; nothing else changes."""
     if "build_toy_backbone" not in BACKBONE_REGISTRY:
         BACKBONE_REGISTRY.register(build_toy_backbone)
     cfg = quick_cfg(

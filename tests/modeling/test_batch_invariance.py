@@ -13,7 +13,7 @@ from deformable_detr.export.compare import compare_detections
 from model_cases import ALL_CONFIGS, BACKBONE_CONFIGS, NO_WEIGHTS, RELEASED_CONFIGS, build, image
 
 # (h, w): landscape, portrait, landscape again (grouped with the first), near-square; each large
-# enough that two-stage keeps its 300 proposals on the image itself (see README)
+# enough that two-stage keeps its 300 proposals on the image itself (see docs/model.md)
 SIZES = [(128, 160), (160, 128), (128, 160), (144, 112)]
 SCORE_TOL = 1e-4
 BOX_TOL_PX = 1e-3

@@ -1,6 +1,6 @@
 """Config keys of Deformable DETR, under cfg.MODEL.DEFORMABLE_DETR.
 
-Defaults are the released multi-scale model's (the authors' main.py defaults; README.md). The
+Defaults are the released multi-scale model's (the authors' main.py defaults; docs/model.md). The
 backbone, input format and pixel statistics live in Detectron2's own keys and are set by
 configs/Base-DeformableDETR.yaml.
 """
