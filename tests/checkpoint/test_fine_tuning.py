@@ -3,6 +3,7 @@ with every other tensor from the file, the class heads re-initialised (or, opt-i
 classes of the same name kept) and one log line; every released name is a module path; weights
 holding NaN are refused by name."""
 
+import json
 import logging
 import math
 import os
@@ -10,7 +11,8 @@ import os
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultPredictor, default_argument_parser
 from detectron2.modeling import build_model
 
@@ -319,3 +321,18 @@ def test_weights_holding_nan_are_refused_by_name(quick_cfg, shapes_root, tmp_pat
             ValueError, match=rf"1 weight tensor\(s\) hold NaN or inf: '{key}' \(1 of"
         ):
             checkpointer(model).load(str(tmp_path / "nan.pth"))
+
+
+def test_class_names_of_a_coco_dataset_not_loaded_yet(quick_cfg, shapes_root, tmp_path):
+    """A registered COCO json (as --coco-dataset or register_coco_instances leave it: no
+    thing_classes until Detectron2 loads it) names the model's classes in Detectron2's order."""
+    categories = [{"id": 7, "name": "b"}, {"id": 2, "name": "a"}, {"id": 9, "name": "c"}]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    register_coco_instances("ddetr_test_unloaded", {}, str(path), str(tmp_path))
+    try:
+        model = build_model(quick_cfg(["DATASETS.TRAIN", "('ddetr_test_unloaded',)"]))
+        assert model.class_names == ["a", "b", "c"]
+    finally:
+        DatasetCatalog.remove("ddetr_test_unloaded")
+        MetadataCatalog.remove("ddetr_test_unloaded")

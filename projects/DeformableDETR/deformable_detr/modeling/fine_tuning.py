@@ -12,7 +12,10 @@ model before that check, with one log line each:
 Shapes: K classes of the model, K_file of the file; C channels; Q queries.
 """
 
+import functools
+import json
 import logging
+import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -89,13 +92,31 @@ def fit_state_dict(
     _fit_queries(state_dict, own)
 
 
+@functools.lru_cache(maxsize=8)
+def _json_class_names(json_file: str, mtime: float) -> Optional[List[str]]:
+    with open(json_file) as f:
+        categories = json.load(f).get("categories")
+    if not isinstance(categories, list):
+        return None  # the data checks name the problem
+    # Detectron2's load_coco_json: thing_classes in the order of the category ids
+    return [c.get("name") for c in sorted(categories, key=lambda c: c.get("id", 0))]
+
+
 def dataset_class_names(datasets: Sequence[str], num_classes: int) -> Optional[List[str]]:
     """The thing_classes of the first of `datasets` (the training ones, else the test ones), when
-    its metadata has them and they are num_classes many (a mismatch is the data checks' to
-    report); None otherwise."""
+    they are num_classes many (a mismatch is the data checks' to report); None otherwise. A COCO
+    dataset whose json has not been loaded yet (Detectron2 sets thing_classes then) gives the
+    names of its json's categories, in the order Detectron2 will give them."""
     if not datasets:
         return None
-    names = MetadataCatalog.get(datasets[0]).get("thing_classes")
+    metadata = MetadataCatalog.get(datasets[0])
+    names = metadata.get("thing_classes")
+    json_file = metadata.get("json_file")
+    if names is None and json_file and os.path.isfile(json_file):
+        try:
+            names = _json_class_names(json_file, os.path.getmtime(json_file))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None  # unreadable or malformed: the data checks name the problem
     if names is None or len(names) != num_classes:
         return None
     return list(names)
