@@ -186,7 +186,11 @@ def test_export_tool_onnx_and_predict(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert "classes agree: True" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "onnx vs eager on (128, 160): 100 detections" in printed
+    # a dynamic file is also checked at a second size
+    assert "onnx: dynamic\n" in printed and "onnx vs eager on (96, 140): 100 detections" in printed
+    assert printed.count("classes agree: True") == 2
     pictures = tmp_path / "pictures"
     result = subprocess.run(
         [

@@ -6,7 +6,7 @@ The two-stage variant through export_aoti, and the multi-scale one through expor
 encoder and 2 decoder layers), on CPU. Each test compiles C++ with Inductor (about 1.5 minutes on 2
 cores), hence slow.
 The package is static: it is checked at the size it was exported at (deformable_detr/export/
-aoti.py says why).
+aoti.py says why), and run_aoti refuses another.
 """
 
 import glob
@@ -98,6 +98,9 @@ def test_two_stage_aoti_package_matches_eager(tmp_path):
     expected = eager_detections(model, img)
     path = export_aoti(model, img, str(tmp_path / "model.pt2"))
     assert_agree(expected, run_aoti(path, img), "two-stage aoti")
+    # the compiled code would return no detections for a smaller image, without an error
+    with pytest.raises(ValueError, match=r"of 256x320 pixels .* got an image of shape \(3, 224"):
+        run_aoti(path, image(224, 352, 1))
     _assert_runs_without_detectron2(path, img, expected, tmp_path, "two-stage aoti")
 
 

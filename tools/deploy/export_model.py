@@ -9,15 +9,20 @@ The interface of Detectron2's tool of this name. The exported model takes one fl
 (3, H, W) on a 0-255 scale, already resized as at test time (INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST), and returns boxes (K, 4) xyxy in its pixels, scores (K,) and classes (K,) int64:
 the eager model's top TEST.DETECTIONS_PER_IMAGE. TorchScript is traced at the sample image's size
-and only valid at that size (out/model.ts); ONNX (out/model.onnx, opset 17, default-domain
-operators only) has dynamic height and width. aoti writes an AOTInductor package (out/model.pt2:
-torch.export, then Inductor's compiled C++), static: exported at the sample image's size and only
-valid at that size; running it needs torch and the op's library, not Detectron2
+and only valid at that size (out/model.ts). ONNX (out/model.onnx, opset 17, default-domain
+operators only) has dynamic height and width, unless the backbone's trace fixes the size
+(MViTv2): then the file's input has the sample's fixed size. A dynamic two-stage model takes
+images of at least a minimum side (its proposals are picked among the encoder's positions): the
+tool prints it, writes it in the file's metadata (min_image_side) and refuses a smaller sample.
+aoti writes an AOTInductor package (out/model.pt2: torch.export, then Inductor's compiled C++),
+static: exported at the sample image's size and only valid at that size (run_aoti refuses
+others); running it needs torch and the op's library, not Detectron2
 (torch.ops.load_library("deformable_detr/_C*.so"), or `import deformable_detr`, then
 torch._inductor.aoti_load_package). After writing, the tool runs the file (torch.jit.load,
-onnxruntime on the CPU, or aoti_load_package) on the sample image, compares it with the eager
-model, prints the differences and exits with status 1 when they exceed 1e-4 in score or 1e-2 px
-in box, or the classes differ.
+onnxruntime on the CPU, or aoti_load_package) on the sample image, and a dynamic ONNX file also
+at a second size (the sample resized), compares it with the eager model, prints the differences
+and exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the classes differ,
+or the file fails at the second size.
 """
 
 import argparse
@@ -38,19 +43,24 @@ sys.path.insert(
 from deformable_detr import DeformableDETR, get_config  # noqa: E402
 from deformable_detr.data import build_detr_augmentation  # noqa: E402
 from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
-from deformable_detr.export import (
+from deformable_detr.export import (  # noqa: E402
     compare_detections,
     eager_detections,
-    export_aoti,  # noqa: E402
+    export_aoti,
     export_onnx,
     export_torchscript,
+    fixed_size_reason,
+    format_size,
+    min_image_side,
     run_aoti,
     run_onnx,
     run_torchscript,
+    second_size,
 )
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
@@ -60,6 +70,13 @@ logger = logging.getLogger("deformable_detr.export")
 
 FORMATS = ("torchscript", "onnx", "aoti")
 FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}
+EXPORTERS = {"torchscript": export_torchscript, "onnx": export_onnx, "aoti": export_aoti}
+# each runs a file on an image (3, H, W) tensor
+RUNNERS = {
+    "torchscript": run_torchscript,
+    "onnx": lambda path, image: run_onnx(path, image.cpu().numpy()),
+    "aoti": run_aoti,
+}
 # the random sample's size before the test resize (a 4:3 landscape picture, as COCO's typical)
 RANDOM_IMAGE_SIZE = (480, 640)
 
@@ -73,7 +90,7 @@ def get_parser():
         choices=FORMATS,
         default="torchscript",
         help="torchscript and aoti (AOTInductor) are static: valid at the sample "
-        "image's size only; onnx has dynamic height and width",
+        "image's size only; onnx has dynamic height and width (static on MViTv2)",
     )
     parser.add_argument("--export-method", choices=("tracing",), default="tracing")
     parser.add_argument(
@@ -121,6 +138,42 @@ def sample_image(cfg, path):
     return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).float()
 
 
+def check_at(fmt: str, path: str, image, expected) -> bool:
+    """Runs the file at path on image (3, H, W) and prints how far it is from expected, the eager
+    model's detections; True when it agrees within the tolerances."""
+    actual = RUNNERS[fmt](path, image)
+    diff = compare_detections(expected, actual)
+    print(
+        f"{fmt} vs eager on {tuple(image.shape[1:])}: {diff['count'][1]} detections "
+        f"(eager {diff['count'][0]}), max score difference {diff['max_score_diff']:.3g}, max "
+        f"box difference {diff['max_box_diff']:.3g} px, classes agree: {diff['classes_agree']}"
+    )
+    return diff["ok"]
+
+
+def check_second_size(path: str, model, image) -> bool:
+    """A dynamic ONNX file checked at a second size (the sample image resized): a trace that
+    recorded the size as a constant passes at the sample's size only. False, with the reason on
+    stderr, when it fails or disagrees there."""
+    size = second_size(tuple(image.shape[-2:]), min_image_side(model))
+    other = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    expected = eager_detections(model, other)
+    try:
+        if check_at("onnx", path, other, expected):
+            return True
+        failure = "disagrees with the eager model"
+    except Exception as e:  # ONNX Runtime's errors share no base class; any is the finding
+        failure = f"fails ({type(e).__name__}: {e})"
+    print(
+        f"the ONNX file declares dynamic height and width but {failure} at {format_size(size)}: "
+        f"the model's trace fixed the image size somewhere (e.g. a backbone that computes sizes "
+        f"as Python ints); such a backbone must export at a fixed size "
+        f"(deformable_detr/export/sizes.py, fixed_size_reason)",
+        file=sys.stderr,
+    )
+    return False
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="deformable_detr")
@@ -138,23 +191,17 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, FILE_NAMES[args.format])
     expected = eager_detections(model, image)
-    if args.format == "torchscript":
-        export_torchscript(model, image, path)
-        actual = run_torchscript(path, image)
-    elif args.format == "aoti":
-        export_aoti(model, image, path)
-        actual = run_aoti(path, image)
-    else:
-        export_onnx(model, image, path)
-        actual = run_onnx(path, image.cpu().numpy())
+    EXPORTERS[args.format](model, image, path)
     logger.info(f"wrote {path}")
-    diff = compare_detections(expected, actual)
-    print(
-        f"{args.format} vs eager on {tuple(image.shape[1:])}: {diff['count'][1]} detections "
-        f"(eager {diff['count'][0]}), max score difference {diff['max_score_diff']:.3g}, max "
-        f"box difference {diff['max_box_diff']:.3g} px, classes agree: {diff['classes_agree']}"
-    )
-    if not diff["ok"]:
+    ok = check_at(args.format, path, image, expected)
+    static = args.format != "onnx" or fixed_size_reason(model) is not None
+    if static:
+        print(f"{args.format}: static, valid at {format_size(image.shape[1:])} only")
+    else:
+        side = min_image_side(model)
+        print("onnx: dynamic" + (f", images of at least {side} pixels a side" if side > 1 else ""))
+        ok = check_second_size(path, model, image) and ok
+    if not ok:
         print(
             "the export disagrees with the eager model beyond scores 1e-4 / boxes 1e-2 px",
             file=sys.stderr,

@@ -6,7 +6,14 @@ draws the detections, with onnxruntime, numpy and Pillow only (no torch, no Dete
 
 Each image is resized as the model's test resize does (shorter side --min-size, longer side at
 most --max-size, the released rounding), run, and its boxes above --confidence-threshold are drawn
-on the original image, written to the --output folder under the image's file name.
+on the original image, written to the --output folder under the image's path relative to the
+deepest folder all the images share, as demo.py does (a/x.jpg and b/x.jpg become OUT/a/x.jpg and
+OUT/b/x.jpg; one folder's images keep their file names).
+
+An image the model cannot take after the resize is refused before it runs, with its size and the
+model's: a static export (fixed input height and width, e.g. on MViTv2) takes its one size, and a
+dynamic one takes images of at least its metadata's min_image_side pixels a side (a two-stage
+model picks its proposals among the encoder's positions; ONNX Runtime's TopK fails on fewer).
 """
 
 import argparse
@@ -60,10 +67,50 @@ def get_parser():
     return parser
 
 
-def predict(session, rgb: Image.Image, min_size: int, max_size: int):
-    """boxes (K, 4) xyxy in the original image's pixels, scores (K,), classes (K,)."""
+def input_sizes(session):
+    """(fixed, min_side) of an export_model.py ONNX file: the (height, width) of a static one
+    (None when dynamic) and the smallest side a dynamic one takes (its min_image_side metadata,
+    deformable_detr.export.ONNX_MIN_SIDE_KEY)."""
+    _, height, width = session.get_inputs()[0].shape
+    fixed = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+    min_side = int(session.get_modelmeta().custom_metadata_map.get("min_image_side", 1))
+    return fixed, min_side
+
+
+def check_size(path: str, size, fixed, min_side: int, args) -> None:
+    """Raises ValueError when the model cannot take the image at path resized to size (h, w)."""
+    resize = f"the test resize (--min-size {args.min_size}, --max-size {args.max_size})"
+    h, w = size
+    if fixed is not None and tuple(size) != fixed:
+        raise ValueError(
+            f"{path}: this model was exported for {fixed[0]}x{fixed[1]} images only (static: its "
+            f"backbone's trace fixes the size), and {resize} makes this image {h}x{w}: give "
+            f"images that resize to {fixed[0]}x{fixed[1]}, or export the model again with a "
+            f"sample image of this size (export_model.py --sample-image)"
+        )
+    if min(h, w) < min_side:
+        raise ValueError(
+            f"{path}: {resize} makes this image {h}x{w}, and this model takes images of at least "
+            f"{min_side} pixels a side (a two-stage model picks its proposals among the "
+            f"encoder's positions): raise --min-size"
+        )
+
+
+def picture_paths(paths, output: str):
+    """The file each image's picture goes to (see the module's docstring), folders created."""
+    paths = [os.path.abspath(p) for p in paths]
+    shared = os.path.commonpath([os.path.dirname(p) for p in paths])
+    outs = [os.path.join(output, os.path.relpath(p, shared)) for p in paths]
+    for out in outs:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    return outs
+
+
+def predict(session, rgb: Image.Image, size):
+    """boxes (K, 4) xyxy in the original image's pixels, scores (K,), classes (K,) of rgb
+    resized to size (h, w)."""
     w, h = rgb.size
-    new_h, new_w = resized_size(h, w, min_size, max_size)
+    new_h, new_w = size
     # bilinear on uint8, as Detectron2's ResizeTransform does at test time
     resized = np.asarray(rgb.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
     boxes, scores, classes = session.run(
@@ -94,12 +141,13 @@ def main(argv=None) -> int:
     if missing:
         raise FileNotFoundError(f"no such file: {missing}")
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    os.makedirs(args.output, exist_ok=True)
-    for path in args.input:
+    fixed, min_side = input_sizes(session)
+    for path, out in zip(args.input, picture_paths(args.input, args.output)):
         with Image.open(path) as img:
             rgb = img.convert("RGB")
-        boxes, scores, classes = predict(session, rgb, args.min_size, args.max_size)
-        out = os.path.join(args.output, os.path.basename(path))
+        size = resized_size(rgb.height, rgb.width, args.min_size, args.max_size)
+        check_size(path, size, fixed, min_side, args)
+        boxes, scores, classes = predict(session, rgb, size)
         draw(rgb, boxes, scores, classes, args.confidence_threshold).save(out)
         kept = int((scores >= args.confidence_threshold).sum())
         print(f"{path}: {kept} of {len(scores)} detections drawn -> {out}")

@@ -1,12 +1,13 @@
 """Export to TorchScript (tracing), ONNX (default-domain operators only) and AOTInductor
-packages (torch.export), and comparison of an export's detections with the eager model's.
-Nothing here is imported by `import deformable_detr`; the ONNX symbolic is registered by
-export_onnx."""
+packages (torch.export), the image sizes each export takes, and comparison of an export's
+detections with the eager model's. Nothing here is imported by `import deformable_detr`; the ONNX
+symbolic is registered by export_onnx."""
 
-from .aoti import export_aoti, run_aoti
+from .aoti import IMAGE_SIZE_KEY, export_aoti, run_aoti
 from .compare import BOX_TOLERANCE_PX, SCORE_TOLERANCE, compare_detections, eager_detections
 from .exporting import (
     ONNX_INPUT,
+    ONNX_MIN_SIDE_KEY,
     ONNX_OUTPUTS,
     export_onnx,
     export_torchscript,
@@ -15,23 +16,31 @@ from .exporting import (
     run_torchscript,
 )
 from .onnx_symbolic import ONNX_OPSET, register_ms_deform_attn_symbolic
+from .sizes import check_sample_size, fixed_size_reason, format_size, min_image_side, second_size
 from .wrapper import DetectionExportWrapper
 
 __all__ = [
     "BOX_TOLERANCE_PX",
     "DetectionExportWrapper",
+    "IMAGE_SIZE_KEY",
     "ONNX_INPUT",
+    "ONNX_MIN_SIDE_KEY",
     "ONNX_OPSET",
     "ONNX_OUTPUTS",
     "SCORE_TOLERANCE",
+    "check_sample_size",
     "compare_detections",
     "eager_detections",
     "export_aoti",
     "export_onnx",
     "export_torchscript",
+    "fixed_size_reason",
+    "format_size",
+    "min_image_side",
     "onnx_bytes",
     "register_ms_deform_attn_symbolic",
     "run_aoti",
     "run_onnx",
     "run_torchscript",
+    "second_size",
 ]

@@ -9,8 +9,12 @@ torch.ops.load_library(".../deformable_detr/_C*.so") (or `import deformable_detr
 imports Detectron2) before torch._inductor.aoti_load_package; without the op, loading fails with
 "Could not find schema for deformable_detr::ms_deform_attn".
 
-The package is static: exported at one image size, it runs at that size only. torch.export
-cannot keep the size symbolic through the model as written: detectron2's shapes_to_tensor
+The package is static: exported at one image size, it runs at that size only. run_aoti refuses
+other sizes, naming the package's (its metadata's IMAGE_SIZE_KEY). The compiled code does not
+check its input unless AOTI_RUNTIME_CHECK_INPUTS=1 is set: at another size it returns no
+detections (smaller image) or boxes cut at the exported size (larger), without an error, so a
+caller of aoti_load_package compares sizes itself. torch.export cannot keep the size symbolic
+through the model as written: detectron2's shapes_to_tensor
 (modeling/transformer.py and meta_arch.py) is torch.as_tensor outside torch.jit tracing, which
 records the sizes, and torch.linspace(..., steps=H) (modeling/encoder_decoder.py, two_stage.py)
 takes its steps as a plain int; both specialise height and width.
@@ -23,9 +27,13 @@ import torch
 from detectron2.structures import ImageList
 from torch import nn
 
+from .sizes import format_size
 from .wrapper import DetectionExportWrapper
 
-__all__ = ["export_aoti", "run_aoti"]
+__all__ = ["IMAGE_SIZE_KEY", "export_aoti", "run_aoti"]
+
+# the package's metadata entry holding the image size it was exported at, "HxW"
+IMAGE_SIZE_KEY = "deformable_detr.image_size"
 
 Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -71,11 +79,25 @@ def export_aoti(model: nn.Module, image: torch.Tensor, path: str) -> str:
     writes the package to path (.pt2). The package runs at image's size only (see the module's
     note on dynamic sizes). Returns path."""
     exported = torch.export.export(_AOTIWrapper(model), (image,))
-    return torch._inductor.aoti_compile_and_package(exported, package_path=path)
+    return torch._inductor.aoti_compile_and_package(
+        exported,
+        package_path=path,
+        inductor_configs={"aot_inductor.metadata": {IMAGE_SIZE_KEY: format_size(image.shape[-2:])}},
+    )
 
 
 def run_aoti(path: str, image: torch.Tensor) -> Detections:
-    """(boxes, scores, classes) of a saved AOTInductor package on image (3, H, W)."""
+    """(boxes, scores, classes) of a saved AOTInductor package on image (3, H, W), which must have
+    the size the package was exported at (ValueError otherwise)."""
     runner = torch._inductor.aoti_load_package(path)
+    built = runner.get_metadata().get(IMAGE_SIZE_KEY)
+    if built is None:
+        raise ValueError(f"{path!r} is not a package of export_aoti: no {IMAGE_SIZE_KEY} entry")
+    if tuple(image.shape) != (3, *map(int, built.split("x"))):
+        raise ValueError(
+            f"the AOTInductor package {path!r} was exported for images (3, H, W) of {built} "
+            f"pixels and runs at that size only; got an image of shape {tuple(image.shape)}: "
+            f"export again at this size (export_model.py --format aoti --sample-image)"
+        )
     with torch.no_grad():
         return tuple(o.detach().cpu().numpy() for o in runner(image))

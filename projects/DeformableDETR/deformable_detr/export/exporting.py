@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .onnx_symbolic import ONNX_OPSET, register_ms_deform_attn_symbolic
+from .sizes import check_sample_size, fixed_size_reason, min_image_side
 from .wrapper import DetectionExportWrapper
 
 __all__ = [
@@ -22,11 +23,15 @@ __all__ = [
     "run_onnx",
     "run_torchscript",
     "ONNX_INPUT",
+    "ONNX_MIN_SIDE_KEY",
     "ONNX_OUTPUTS",
 ]
 
 ONNX_INPUT = "image"
 ONNX_OUTPUTS = ("boxes", "scores", "classes")
+# metadata_props key of a dynamic export: the smallest side of the images it takes (sizes.py);
+# tools/deploy/onnx_predict.py reads it under this name
+ONNX_MIN_SIDE_KEY = "min_image_side"
 Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -67,23 +72,38 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: str) -> None
 @torch.no_grad()
 def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
     """Writes model to path (a file name or a binary file object) as ONNX (opset 17, default-
-    domain operators only): input "image" (3, height, width) with dynamic height and width,
-    outputs "boxes" (R, 4), "scores" (R,), "classes" (R,)."""
+    domain operators only): input "image" (3, height, width), outputs "boxes" (R, 4), "scores"
+    (R,), "classes" (R,).
+
+    Height and width are dynamic, unless the model's trace fixes them (sizes.fixed_size_reason):
+    then the input's dims are the sample's, and runtimes refuse other sizes. A dynamic two-stage
+    model takes images of at least min_image_side pixels a side: the file's metadata says so
+    (ONNX_MIN_SIDE_KEY), and a smaller sample is refused (ValueError)."""
+    import onnx
+
+    dynamic = fixed_size_reason(model) is None
+    if dynamic:
+        check_sample_size(model, image)
     register_ms_deform_attn_symbolic(ONNX_OPSET)
+    buffer = io.BytesIO()
     with _quiet_export():
         torch.onnx.export(
             DetectionExportWrapper(model),
             (image,),
-            path,
+            buffer,
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=[ONNX_INPUT],
             output_names=list(ONNX_OUTPUTS),
             dynamic_axes={
-                ONNX_INPUT: {1: "height", 2: "width"},
+                **({ONNX_INPUT: {1: "height", 2: "width"}} if dynamic else {}),
                 **{name: {0: "detections"} for name in ONNX_OUTPUTS},
             },
         )
+    proto = onnx.load_from_string(buffer.getvalue())
+    if dynamic:
+        onnx.helper.set_model_props(proto, {ONNX_MIN_SIDE_KEY: str(min_image_side(model))})
+    onnx.save(proto, path)
 
 
 def onnx_bytes(model: nn.Module, image: torch.Tensor) -> bytes:
