@@ -26,14 +26,11 @@ sys.path.insert(
 )
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
-from deformable_detr import get_config  # noqa: E402
-from deformable_detr.data import build_detr_augmentation, register_shapes_datasets  # noqa: E402
-from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
+from deformable_detr import DefaultPredictor, get_config  # noqa: E402
+from deformable_detr.data import register_shapes_datasets  # noqa: E402
 
 import cv2  # noqa: E402
-import torch  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
@@ -85,31 +82,8 @@ def get_parser():
     return parser
 
 
-class Predictor:
-    """Detectron2's DefaultPredictor, loading weights with the checking checkpointer: BGR uint8
-    image (H, W, 3) -> Instances in the image's size."""
-
-    def __init__(self, cfg):
-        self.model = build_model(cfg)
-        self.model.eval()
-        if cfg.MODEL.WEIGHTS:
-            WeightsCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("no MODEL.WEIGHTS given: these are an untrained model's predictions")
-        (self.resize,) = build_detr_augmentation(cfg, is_train=False)
-        self.input_format = cfg.INPUT.FORMAT
-
-    @torch.no_grad()
-    def __call__(self, bgr):
-        image = bgr[:, :, ::-1] if self.input_format == "RGB" else bgr
-        h, w = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"]
-
-
 def draw(predictor, metadata, bgr, threshold, scale=1.0):
-    instances = predictor(bgr).to("cpu")
+    instances = predictor(bgr)["instances"].to("cpu")
     instances = instances[instances.scores >= threshold]
     vis = Visualizer(bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     return vis.draw_instance_predictions(instances).get_image()[:, :, ::-1], len(instances)
@@ -198,7 +172,7 @@ def main(argv=None):
     if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0].startswith("ddetr_shapes"):
         register_shapes_datasets()
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    predictor = Predictor(cfg)
+    predictor = DefaultPredictor(cfg)
     if args.input:
         run_images(predictor, metadata, paths, outs, args.confidence_threshold, args.scale)
     else:

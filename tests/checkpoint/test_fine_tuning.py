@@ -289,7 +289,8 @@ def test_predictors_and_the_export_tool_load_other_classes(
     file_state = _other_class_file(path, quick_cfg)
     cfg = quick_cfg(["MODEL.WEIGHTS", str(path)])
     _assert_fitted(DefaultPredictor(cfg).model, file_state)  # Detectron2's
-    _assert_fitted(load_script("demo.py").Predictor(cfg).model, file_state)
+    # this project's (deformable_detr.DefaultPredictor), which demo.py uses
+    _assert_fitted(load_script("demo.py").DefaultPredictor(cfg).model, file_state)
     tool = load_script(os.path.join("tools", "deploy", "export_model.py"))
     models = _captured(monkeypatch, tool, "eager_detections", 0)  # (model, image)
     argv = [

@@ -58,10 +58,12 @@ with warnings.catch_warnings():
         ms_deform_attn_pytorch,
     )
     from .modeling import DeformableDETR
+    from .predictor import DefaultPredictor
 
 install_safe_checkpoint_loading()
 
 __all__ = [
+    "DefaultPredictor",
     "DeformableDETR",
     "MSDeformAttn",
     "add_deformable_detr_config",
