@@ -10,11 +10,12 @@ and test_model_padding.py.
 
 import pytest
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.layers import ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_backbone
 from torch import nn
 
 from deformable_detr.engine import Trainer
+from deformable_detr.modeling.backbones.common import NORMS
 from model_cases import BACKBONE_CONFIGS, NO_WEIGHTS, build, image, model_cfg, training_batch
 
 # ImageNet parameter counts in millions, as published (Swin Table 1, MViTv2 Table 2, RegNet's
@@ -134,6 +135,82 @@ def test_errors_name_the_key():
         build("ddetr_mvitv2_t.yaml", [*NO_WEIGHTS, "MODEL.MVIT.LAST_BLOCK_INDEXES", "[0, 2, 7]"])
     with pytest.raises(ValueError, match=r"\(MODEL.REGNET.OUT_FEATURES\) must be a non-empty"):
         build("ddetr_regnety_4gf.yaml", [*NO_WEIGHTS, "MODEL.REGNET.OUT_FEATURES", '["s5"]'])
+
+
+# (config, KEY VALUE, what the error says); each failed inside Detectron2 or torch (a bare
+# KeyError, an assertion, a shape error or a division by zero) or built a wrong model silently
+# (a negative drop-path rate, a zero-width MLP), naming no key
+BAD_BACKBONE_KEYS = [
+    (
+        "ddetr_r50.yaml",
+        "MODEL.RESNETS.DEPTH 19",
+        r"DEPTH\) must be one of \[18, 34, 50, 101, 152\]",
+    ),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.NORM Bogus", r"NORM\) must be one of \['FrozenBN', 'BN'"),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.RES5_DILATION 3", r"RES5_DILATION\) must be 1 or 2, got 3"),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.DEPTH 18", r"RES2_OUT_CHANNELS\) must be 64 for ResNet-18"),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.OUT_FEATURES ['res6']", r"OUT_FEATURES\) must be a non"),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.STEM_OUT_CHANNELS 0", r"STEM_OUT_CHANNELS\) must be an int"),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.WIDTH_PER_GROUP 0", r"RESNETS.WIDTH_PER_GROUP must be an"),
+    ("ddetr_r50.yaml", "MODEL.RESNETS.DEFORM_ON_PER_STAGE [True]", r"STAGE must be 4 booleans"),
+    (
+        "ddetr_r50.yaml",
+        "MODEL.RESNETS.NORM GN MODEL.RESNETS.STEM_OUT_CHANNELS 48",
+        r"NORM\) must be a norm other than 'GN' for these widths \[48, 64, 256\]",
+    ),
+    ("ddetr_swin_t.yaml", "MODEL.SWIN.WINDOW_SIZE 0", r"\(MODEL.SWIN.WINDOW_SIZE\) must be an"),
+    ("ddetr_swin_t.yaml", "MODEL.SWIN.EMBED_DIM 0", r"\(MODEL.SWIN.EMBED_DIM\) must be an int"),
+    ("ddetr_swin_t.yaml", "MODEL.SWIN.MLP_RATIO 0.0", r"\(MODEL.SWIN.MLP_RATIO\) must be > 0"),
+    ("ddetr_swin_t.yaml", "MODEL.SWIN.DROP_PATH_RATE -0.1", r"DROP_PATH_RATE\) must be a prob"),
+    ("ddetr_swin_t.yaml", "MODEL.SWIN.DROP_PATH_RATE 1.5", r"DROP_PATH_RATE\) must be a prob"),
+    ("ddetr_swin_t.yaml", "MODEL.SWIN.FROZEN_STAGES 6", r"FROZEN_STAGES\) must be in \[-1, 5\]"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.GROUP_WIDTH 0", r"GROUP_WIDTH\) must be an int"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.NORM Bogus", r"REGNET.NORM\) must be one of"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.NORM GN", r"NORM\) must be a norm other than 'GN'"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.STEM_WIDTH 0", r"STEM_WIDTH\) must be an int >= 1"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.W_0 20", r"W_0 / W_A / W_M\) must be w_0 > 0 a mul"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.BOTTLENECK_RATIO 0.3", r"RATIO\) must be 1 / k"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.BOTTLENECK_RATIO 2.0", r"RATIO\) must be 1 / k"),
+    ("ddetr_regnety_4gf.yaml", "MODEL.REGNET.SE_RATIO -0.5", r"SE_RATIO\) must be >= 0"),
+    ("ddetr_mvitv2_t.yaml", "MODEL.MVIT.EMBED_DIM 0", r"\(MODEL.MVIT.EMBED_DIM\) must be an int"),
+    ("ddetr_mvitv2_t.yaml", "MODEL.MVIT.NUM_HEADS 3", r"NUM_HEADS\) must be an int >= 1 dividing"),
+    ("ddetr_mvitv2_t.yaml", "MODEL.MVIT.DROP_PATH_RATE 1.5", r"DROP_PATH_RATE\) must be a prob"),
+    ("ddetr_mvitv2_t.yaml", "MODEL.MVIT.PRETRAIN_IMG_SIZE 8", r"IMG_SIZE\) must be an int >= 16"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.EMBED_DIM 0", r"\(MODEL.VIT.EMBED_DIM\) must be an int >= 1"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.NUM_HEADS 0", r"\(MODEL.VIT.NUM_HEADS\) must be an int >= 1"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.OUT_CHANNELS 0", r"OUT_CHANNELS\) must be an int >= 1"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.MLP_RATIO -1.0", r"\(MODEL.VIT.MLP_RATIO\) must be > 0"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.DROP_PATH_RATE 1.5", r"DROP_PATH_RATE\) must be a prob"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.WINDOW_SIZE -1", r"WINDOW_SIZE\) must be an int >= 0"),
+    ("ddetr_vit_b.yaml", "MODEL.VIT.PRETRAIN_IMG_SIZE 8", r"IMG_SIZE\) must be an int >= 16"),
+]
+
+
+@pytest.mark.parametrize("config,opts,message", BAD_BACKBONE_KEYS)
+def test_bad_backbone_keys_are_named_with_their_allowed_values(config, opts, message):
+    """Checked as the backbone is built from the config, before Detectron2 reads the keys; the
+    other families' keys shrink the backbone (BACKBONE_CONFIGS), so that a case takes no time."""
+    small = BACKBONE_CONFIGS.get(config, [])
+    with pytest.raises(ValueError, match=message):
+        build_backbone(model_cfg(config, [*NO_WEIGHTS, *small, *opts.split()]))
+
+
+@pytest.mark.parametrize("frozen,trainable", [(-1, 5), (1, 4), (2, 3), (5, 0)])
+def test_swin_frozen_stages_count_as_the_config_says(frozen, trainable):
+    """MODEL.SWIN.FROZEN_STAGES: -1 none, 0 or 1 the patch embedding, k >= 2 stages 0..k-2 too;
+    trainable counts the patch embedding and the 4 stages that keep trainable parameters."""
+    opts = [*NO_WEIGHTS, *BACKBONE_CONFIGS["ddetr_swin_t.yaml"], "MODEL.SWIN.FROZEN_STAGES"]
+    swin = build_backbone(model_cfg("ddetr_swin_t.yaml", [*opts, str(frozen)]))
+    parts = [swin.patch_embed, *swin.layers]
+    assert sum(all(p.requires_grad for p in m.parameters()) for m in parts) == trainable
+    assert sum(not any(p.requires_grad for p in m.parameters()) for m in parts) == 5 - trainable
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_allowed_norm_is_one_detectron2_builds(norm):
+    """The list the errors give is Detectron2's get_norm's: each name builds a layer (or none)."""
+    layer = get_norm(norm, 64)
+    assert (layer is None) == (norm == "")
 
 
 def test_an_image_larger_than_the_vit_square_is_refused():

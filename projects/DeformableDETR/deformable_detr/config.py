@@ -132,7 +132,8 @@ def _add_backbone_config(cfg):
     cfg.MODEL.SWIN.MLP_RATIO = 4.0  # hidden width of the blocks' MLP over their width
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.2  # stochastic depth of the last block (linear from 0)
     cfg.MODEL.SWIN.OUT_FEATURES = ["p1", "p2", "p3"]  # stages "p0".."p3" (strides 4-32) to output
-    cfg.MODEL.SWIN.FROZEN_STAGES = -1  # -1 none; 0 the patch embedding; k >= 1 stages 0..k-1 too
+    # -1 none; 0 or 1 the patch embedding; k >= 2 stages 0..k-2 too (Detectron2's numbering)
+    cfg.MODEL.SWIN.FROZEN_STAGES = -1
 
     # ViTDet's plain ViT with a simple feature pyramid ("build_deformable_detr_vit_backbone");
     # ViT-B/16 as ViTDet trains it from MAE's ImageNet file.

@@ -2,15 +2,55 @@
 family's config keys (MODEL.<FAMILY>.<KEY> in config.py), checked there and named in errors, and
 a registered builder that passes it those keys."""
 
-from typing import Dict, Sequence
+from numbers import Real
+from typing import Callable, Dict, Sequence, Union
 
-__all__ = ["check_out_features", "keys_of", "require"]
+__all__ = [
+    "NORMS",
+    "check_norm",
+    "check_out_features",
+    "keys_of",
+    "require",
+    "require_int",
+    "require_rate",
+]
+
+# The names Detectron2's get_norm knows ("" for none); any other name is a KeyError inside it.
+NORMS = ("FrozenBN", "BN", "SyncBN", "GN", "LN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "")
+GN_GROUPS = 32  # get_norm's "GN" is nn.GroupNorm(32, channels)
 
 
 def require(ok: bool, name: str, expected: str, value) -> None:
     """Raises ValueError naming the argument (and its config key) unless ok."""
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def require_int(name: str, value, minimum: int = 1) -> None:
+    """value must be an int >= minimum (a width, a depth, a size)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, name, f"an int >= {minimum}", value)
+
+
+def require_rate(name: str, value) -> None:
+    """A stochastic-depth rate is a probability of dropping a block: in [0, 1). Detectron2 takes
+    a negative one as no drop path at all and fails on one >= 1 only at the first training step."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and 0 <= value < 1
+    require(ok, name, "a probability in [0, 1)", value)
+
+
+def check_norm(name: str, norm: Union[str, Callable], widths: Sequence[int]) -> None:
+    """norm is one of NORMS (or a callable of the channel count, as get_norm takes); "GN" splits
+    every one of widths (the channel counts it normalises) into 32 groups."""
+    require(callable(norm) or norm in NORMS, name, f"one of {list(NORMS)}", norm)
+    if norm == "GN":
+        require(
+            all(w % GN_GROUPS == 0 for w in widths),
+            name,
+            f"a norm other than 'GN' for these widths {sorted(set(widths))}, or widths that are "
+            f"multiples of {GN_GROUPS} (GroupNorm's {GN_GROUPS} groups)",
+            norm,
+        )
 
 
 def check_out_features(name: str, out_features: Sequence[str], available: Sequence[str]) -> None:

@@ -16,7 +16,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import MViT
 from torch import nn
 
-from .common import check_out_features, keys_of, require
+from .common import check_out_features, keys_of, require, require_int, require_rate
 
 __all__ = ["build_deformable_detr_mvit_backbone", "mvit_backbone"]
 
@@ -37,6 +37,17 @@ def mvit_backbone(
     """MViTv2 with the maps of out_features ("scale2".."scale5", strides 4 to 32); each argument
     is the MODEL.MVIT key of its name (MViTv2-T: 96 wide, 10 blocks, stages ending at blocks
     0, 2, 7, 9)."""
+    require_int("embed_dim (MODEL.MVIT.EMBED_DIM)", embed_dim)
+    # the heads double with the width at each stage: dividing the first stage's divides all
+    require(
+        isinstance(num_heads, int) and num_heads >= 1 and embed_dim % num_heads == 0,
+        "num_heads (MODEL.MVIT.NUM_HEADS)",
+        f"an int >= 1 dividing embed_dim {embed_dim}",
+        num_heads,
+    )
+    require_rate("drop_path_rate (MODEL.MVIT.DROP_PATH_RATE)", drop_path_rate)
+    # below it, the relative-position tables of the stride-32 stage have no entry
+    require_int("pretrain_img_size (MODEL.MVIT.PRETRAIN_IMG_SIZE)", pretrain_img_size, 16)
     last = list(last_block_indexes)
     require(
         len(last) == len(STAGES)

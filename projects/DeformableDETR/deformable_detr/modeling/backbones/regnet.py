@@ -7,6 +7,7 @@ Shapes: see the legend in deformable_detr/__init__.py; stage k (1-4) gives "s{k}
 stage k, H / 2^(k+1), W / 2^(k+1)).
 """
 
+import math
 from typing import Sequence
 
 from detectron2.layers import ShapeSpec
@@ -15,14 +16,16 @@ from detectron2.modeling.backbone import RegNet
 from detectron2.modeling.backbone.regnet import (
     ResBottleneckBlock,
     SimpleStem,
+    adjust_block_compatibility,
     generate_regnet_parameters,
 )
 
-from .common import check_out_features, keys_of, require
+from .common import check_norm, check_out_features, keys_of, require, require_int
 
 __all__ = ["build_deformable_detr_regnet_backbone", "regnet_backbone"]
 
 STAGES = ("s1", "s2", "s3", "s4")
+WIDTH_QUANTUM = 8  # generate_regnet_parameters quantises the widths to multiples of it
 
 
 def regnet_backbone(
@@ -43,13 +46,12 @@ def regnet_backbone(
     (MODEL.BACKBONE.FREEZE_AT: 0 none, 1 the stem, k + 1 stage k too); the other arguments are
     the MODEL.REGNET keys of their names (RegNetY-4.0GF: 32, 22, 31.41, 96, 2.24, 64, 1.0,
     0.25)."""
+    require_int("depth (MODEL.REGNET.DEPTH)", depth)
+    require_int("stem_width (MODEL.REGNET.STEM_WIDTH)", stem_width)
     require(
-        isinstance(depth, int) and depth >= 1, "depth (MODEL.REGNET.DEPTH)", "an int >= 1", depth
-    )
-    require(
-        w_0 > 0 and w_a >= 0 and w_m > 1,
+        w_0 > 0 and w_0 % WIDTH_QUANTUM == 0 and w_a >= 0 and w_m > 1,
         "w_0, w_a, w_m (MODEL.REGNET.W_0 / W_A / W_M)",
-        "w_0 > 0, w_a >= 0 and w_m > 1 (the width parameterisation)",
+        f"w_0 > 0 a multiple of {WIDTH_QUANTUM}, w_a >= 0 and w_m > 1 (the width parameterisation)",
         (w_0, w_a, w_m),
     )
     widths = generate_regnet_parameters(w_a, w_0, w_m, depth)[0]
@@ -59,6 +61,31 @@ def regnet_backbone(
         f"a parameterisation with {len(STAGES)} stages (distinct quantised widths); these give "
         f"{len(widths)}: {widths}",
         (depth, w_0, w_a, w_m),
+    )
+    require_int("group_width (MODEL.REGNET.GROUP_WIDTH)", group_width)
+    # Detectron2 rounds each width to whole groups of the bottleneck's width, which only works
+    # out (its assertion) for a ratio 1 / k
+    require(
+        0 < bottleneck_ratio <= 1
+        and math.isclose(1 / bottleneck_ratio, round(1 / bottleneck_ratio)),
+        "bottleneck_ratio (MODEL.REGNET.BOTTLENECK_RATIO)",
+        "1 / k for an integer k >= 1 (1.0, 0.5, 0.25...)",
+        bottleneck_ratio,
+    )
+    require(
+        se_ratio >= 0,
+        "se_ratio (MODEL.REGNET.SE_RATIO)",
+        ">= 0 (0: no squeeze-excitation)",
+        se_ratio,
+    )
+    # the widths Detectron2 builds: each stage's rounded to a multiple of its group width
+    widths = adjust_block_compatibility(
+        widths, [bottleneck_ratio] * len(widths), [group_width] * len(widths)
+    )[0]
+    check_norm(
+        "norm (MODEL.REGNET.NORM)",
+        norm,
+        [stem_width, *widths, *(round(w * bottleneck_ratio) for w in widths)],
     )
     require(
         0 <= freeze_at <= len(STAGES) + 1,

@@ -9,6 +9,7 @@ DC5 model) every block but the first. This builder restores torchvision's first 
 Shapes: see the legend in deformable_detr/__init__.py.
 """
 
+import importlib.util
 from typing import Sequence
 
 from detectron2.config import get_cfg
@@ -16,13 +17,63 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import ResNet, build_resnet_backbone
 
+from .common import check_norm, check_out_features, require, require_int
+
 __all__ = ["build_deformable_detr_resnet_backbone", "deformable_detr_resnet"]
+
+DEPTHS = (18, 34, 50, 101, 152)  # those build_resnet_backbone has block counts for
+BASIC_DEPTHS = (18, 34)  # of basic blocks, without bottleneck
+STAGES = ("stem", "res2", "res3", "res4", "res5")
+# the keys that deformable_detr_resnet takes as arguments
+ARGUMENTS = "DEPTH NORM OUT_FEATURES RES5_DILATION STEM_OUT_CHANNELS RES2_OUT_CHANNELS".split()
+
+
+def _name(key: str) -> str:
+    """A MODEL.RESNETS key as errors name it, with deformable_detr_resnet's argument when it
+    has one (LazyConfigs set that)."""
+    full = f"MODEL.RESNETS.{key}"
+    return f"{key.lower()} ({full})" if key in ARGUMENTS else full
+
+
+def _check_keys(r) -> None:
+    """The MODEL.RESNETS keys (r) that Detectron2's builder reads, checked with their allowed
+    values: it would fail on them with a bare KeyError, an assertion or a convolution's shape
+    error that names no key."""
+    require(r.DEPTH in DEPTHS, _name("DEPTH"), f"one of {list(DEPTHS)}", r.DEPTH)
+    for key in ("STEM_OUT_CHANNELS", "RES2_OUT_CHANNELS", "NUM_GROUPS", "WIDTH_PER_GROUP"):
+        require_int(_name(key), r[key])
+    require(r.RES5_DILATION in (1, 2), _name("RES5_DILATION"), "1 or 2", r.RES5_DILATION)
+    check_out_features(_name("OUT_FEATURES"), r.OUT_FEATURES, STAGES)
+    deform = list(r.DEFORM_ON_PER_STAGE)
+    require(len(deform) == 4, _name("DEFORM_ON_PER_STAGE"), "4 booleans (res2-res5)", deform)
+    if r.DEPTH in BASIC_DEPTHS:
+        for key, value in (("RES2_OUT_CHANNELS", 64), ("RES5_DILATION", 1), ("NUM_GROUPS", 1)):
+            require(r[key] == value, _name(key), f"{value} for ResNet-{r.DEPTH}", r[key])
+        require(
+            not any(deform),
+            _name("DEFORM_ON_PER_STAGE"),
+            f"all False for ResNet-{r.DEPTH} (deformable convolutions replace bottleneck ones)",
+            deform,
+        )
+    widths = [r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS]
+    if r.DEPTH not in BASIC_DEPTHS:
+        widths.append(r.NUM_GROUPS * r.WIDTH_PER_GROUP)  # res2's bottleneck; later ones double
+    check_norm(_name("NORM"), r.NORM, widths)
+    require(
+        not any(deform) or importlib.util.find_spec("detectron2._C") is not None,
+        _name("DEFORM_ON_PER_STAGE"),
+        "all False with this Detectron2, installed without its compiled ops (detectron2._C), "
+        "which deformable convolutions need",
+        deform,
+    )
 
 
 @BACKBONE_REGISTRY.register()
 def build_deformable_detr_resnet_backbone(cfg, input_shape):
     """Detectron2's ResNet (cfg.MODEL.RESNETS), with torchvision's dilated res5 when
-    RES5_DILATION > 1. Returns a Backbone: (N, 3, H, W) -> dict of feature maps."""
+    RES5_DILATION > 1. Returns a Backbone: (N, 3, H, W) -> dict of feature maps. Raises
+    ValueError naming the key of a depth, norm, width or output Detectron2 cannot build."""
+    _check_keys(cfg.MODEL.RESNETS)
     backbone = build_resnet_backbone(cfg, input_shape)
     if cfg.MODEL.RESNETS.RES5_DILATION > 1:
         conv = backbone.res5[0].conv2  # the first res5 block's 3x3 conv

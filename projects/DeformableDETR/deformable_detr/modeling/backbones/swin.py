@@ -12,7 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import SwinTransformer
 
-from .common import check_out_features, keys_of, require
+from .common import check_out_features, keys_of, require, require_int, require_rate
 
 __all__ = ["build_deformable_detr_swin_backbone", "swin_backbone"]
 
@@ -32,6 +32,11 @@ def swin_backbone(
     """Swin with the maps of out_features ("p0".."p3", strides 4 to 32); each argument is the
     MODEL.SWIN key of its name (Swin-T: 96, [2, 2, 6, 2], [3, 6, 12, 24], 7)."""
     depths, heads = list(depths), list(num_heads)
+    require_int("embed_dim (MODEL.SWIN.EMBED_DIM)", embed_dim)
+    # Detectron2 asserts "shift_size must in 0-window_size" on a window below 1
+    require_int("window_size (MODEL.SWIN.WINDOW_SIZE)", window_size)
+    require(mlp_ratio > 0, "mlp_ratio (MODEL.SWIN.MLP_RATIO)", "> 0", mlp_ratio)
+    require_rate("drop_path_rate (MODEL.SWIN.DROP_PATH_RATE)", drop_path_rate)
     require(
         len(depths) >= 1 and all(isinstance(d, int) and d >= 1 for d in depths),
         "depths (MODEL.SWIN.DEPTHS)",
@@ -52,6 +57,13 @@ def swin_backbone(
             f"head counts dividing each stage's width (stage {i}: {width})",
             heads,
         )
+    require(
+        isinstance(frozen_stages, int) and -1 <= frozen_stages <= len(depths) + 1,
+        "frozen_stages (MODEL.SWIN.FROZEN_STAGES)",
+        f"in [-1, {len(depths) + 1}] (-1 none, 0 or 1 the patch embedding, k >= 2 stages 0 to "
+        f"k - 2 too)",
+        frozen_stages,
+    )
     available = [f"p{i}" for i in range(len(depths))]
     check_out_features("out_features (MODEL.SWIN.OUT_FEATURES)", out_features, available)
     backbone = SwinTransformer(

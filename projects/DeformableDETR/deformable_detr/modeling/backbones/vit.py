@@ -19,7 +19,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import SimpleFeaturePyramid, ViT
 from torch import nn
 
-from .common import keys_of, require
+from .common import keys_of, require, require_int, require_rate
 
 __all__ = ["build_deformable_detr_vit_backbone", "vit_backbone"]
 
@@ -47,12 +47,26 @@ def vit_backbone(
     "p{log2(patch_size / factor)}" for each of scale_factors (p3-p5 for 2, 1, 0.5) and whose
     padding_constraints ask for the img_size square. Each argument is the MODEL.VIT key of its
     name (ViT-B/16: 768 wide, 12 blocks, 12 heads)."""
+    for name, value in (
+        ("img_size (MODEL.VIT.IMG_SIZE)", img_size),
+        ("embed_dim (MODEL.VIT.EMBED_DIM)", embed_dim),
+        ("depth (MODEL.VIT.DEPTH)", depth),
+        ("num_heads (MODEL.VIT.NUM_HEADS)", num_heads),
+        ("out_channels (MODEL.VIT.OUT_CHANNELS)", out_channels),
+    ):
+        require_int(name, value)
+    # 0: global attention in the blocks of window_block_indexes too (Detectron2's ViT)
+    require_int("window_size (MODEL.VIT.WINDOW_SIZE)", window_size, 0)
+    require(mlp_ratio > 0, "mlp_ratio (MODEL.VIT.MLP_RATIO)", "> 0", mlp_ratio)
+    require_rate("drop_path_rate (MODEL.VIT.DROP_PATH_RATE)", drop_path_rate)
     require(
         isinstance(patch_size, int) and patch_size >= 1 and img_size % patch_size == 0,
         "patch_size (MODEL.VIT.PATCH_SIZE)",
         f"a positive int dividing img_size {img_size}",
         patch_size,
     )
+    # the ImageNet file's position embedding: one per patch of its image
+    require_int("pretrain_img_size (MODEL.VIT.PRETRAIN_IMG_SIZE)", pretrain_img_size, patch_size)
     require(
         embed_dim % num_heads == 0,
         "num_heads (MODEL.VIT.NUM_HEADS)",
