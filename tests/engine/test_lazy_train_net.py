@@ -20,7 +20,7 @@ from deformable_detr.data import (
     detr_test_augmentation,
     detr_train_augmentation,
 )
-from deformable_detr.lazy_engine import load_lazy_config
+from deformable_detr.lazy_engine import build_model, load_lazy_config
 from lazy_cases import QUICK_RUN, QUICKSTART_PY, SMALL_VAL, describe_augmentation, lazy_cfg
 from model_cases import model_cfg
 from repo_paths import REPO
@@ -157,6 +157,31 @@ def test_python_config_without_a_model_is_named(tmp_path):
     )
     with pytest.raises(ValueError, match=rf"{re.escape(repr(str(path)))} lacks \['model', "):
         load_lazy_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "model,got",
+    [
+        ("dict(num_classes=3)", r"a dict without '_target_' \(keys: \['num_classes'\]\)"),
+        ("L(SimpleNamespace)(num_classes=3)", r"a types.SimpleNamespace"),
+    ],
+)
+def test_python_config_whose_model_is_not_a_module_is_named(tmp_path, model, got):
+    """A plain dict instantiates to itself: without the check, model.to(...) failed with
+    omegaconf's "Missing key to"."""
+    path = tmp_path / "dict_model.py"
+    path.write_text(
+        "from types import SimpleNamespace\n"
+        "from detectron2.config import LazyCall as L, LazyConfig\n"
+        f"_base = LazyConfig.load({QUICKSTART_PY!r})\n"
+        "dataloader, optimizer, lr_multiplier, train = (\n"
+        "    _base[k] for k in ('dataloader', 'optimizer', 'lr_multiplier', 'train'))\n"
+        f"model = {model}\n"
+    )
+    with pytest.raises(
+        TypeError, match=r"`model` must instantiate to a torch.nn.Module: .*got " + got
+    ):
+        build_model(load_lazy_config(str(path)))
 
 
 @pytest.mark.parametrize(

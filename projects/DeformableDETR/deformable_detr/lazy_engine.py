@@ -20,6 +20,7 @@ import logging
 import os
 from typing import Dict, List, Sequence, Tuple
 
+import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -129,14 +130,29 @@ def do_test(cfg: DictConfig, model) -> Dict:
     return results
 
 
-def build_model(cfg: DictConfig):
+def _described(value) -> str:
+    if OmegaConf.is_dict(value) or isinstance(value, dict):
+        return f"a dict without '_target_' (keys: {sorted(value.keys())})"
+    return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
     """instantiate(cfg.model), with model.class_names set from the training (else test)
-    dataset's metadata when the config leaves them None."""
+    dataset's metadata when the config leaves them None. Raises TypeError when that is not a
+    torch module (a plain dict instantiates to itself, which would fail later with omegaconf's
+    "Missing key to")."""
     if OmegaConf.select(cfg, "model.class_names", default="") is None:
         train_names, test_names = dataset_names(cfg)
         num_classes = OmegaConf.select(cfg, "model.transformer.num_classes", default=None)
         cfg.model.class_names = dataset_class_names(train_names or test_names, num_classes)
-    return instantiate(cfg.model)
+    model = instantiate(cfg.model)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"the LazyConfig's `model` must instantiate to a torch.nn.Module: a LazyCall of the "
+            f"model's class (e.g. model = L(DeformableDETR)(...), as in configs/common/model.py), "
+            f"got {_described(model)}"
+        )
+    return model
 
 
 def evaluate(cfg: DictConfig, resume: bool) -> Dict:
