@@ -9,6 +9,7 @@ layout maps the same names to the shapes (tuples of ints) the tensors must have.
 import os
 import pickle
 import re
+import uuid
 import zipfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -168,13 +169,33 @@ def save_detectron2_checkpoint(
     """Writes {"model": state_dict, "__author__": author, "matching_heuristics": False}, the
     layout of Detectron2's checkpoints: DetectionCheckpointer (MODEL.WEIGHTS) then loads every
     name as it is, without its name-matching heuristics. `class_names` (of the class heads'
-    rows) are stored too when given: fine-tuning matches them by name."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    rows) are stored too when given: fine-tuning matches them by name.
+
+    The file appears whole or not at all: it is written beside `path` under a temporary name,
+    then renamed (os.replace), so that a full disk or an interruption leaves no truncated
+    checkpoint at `path` (and keeps a file already there). Raises OSError naming `path` when the
+    folder cannot be made or written to, or the disk is full."""
     checkpoint = {"model": dict(state_dict), "__author__": author, "matching_heuristics": False}
     if class_names is not None:
         checkpoint["class_names"] = list(class_names)
-    torch.save(checkpoint, path)
+    directory, name = os.path.split(os.path.abspath(path))
+    # a name of its own per writer; opened by open(), so that the file gets the umask's
+    # permissions (tempfile.mkstemp's would be the owner's only)
+    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # through a Python file: torch.save to a path reports a full disk as a RuntimeError
+        # of its zip writer ("unexpected pos..."), a file's write as the OSError it is
+        with open(temporary, "xb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(temporary, path)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def convert_weights_file(
