@@ -27,7 +27,8 @@ from deformable_detr import get_config  # noqa: E402
 from deformable_detr import lazy_engine  # noqa: E402
 from deformable_detr.data import register_shapes_datasets  # noqa: E402
 from deformable_detr.engine import Trainer, WeightsCheckpointer  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from deformable_detr.launcher import JOIN_TIMEOUT_S, check_launch_args, launch  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 
 YAML_EXTENSIONS = (".yaml", ".yml")
 LAZY_EXTENSIONS = (".py",)
@@ -108,7 +109,21 @@ def cli(argv=None):
     extension and an evaluation without weights, then trains or evaluates in args.num_gpus
     processes per machine."""
     parser = default_argument_parser()
+    parser.add_argument(
+        "--join-timeout",
+        type=float,
+        default=JOIN_TIMEOUT_S,
+        metavar="SECONDS",
+        help="with --num-machines > 1: how long the machines have to meet at --dist-url before "
+        "the run fails, naming whom it waited for (default: %(default)g)",
+    )
     args = parser.parse_args(argv)
+    try:
+        check_launch_args(
+            args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args.join_timeout
+        )
+    except ValueError as e:
+        parser.error(str(e))
     extension = os.path.splitext(args.config_file)[1]
     if args.config_file and extension not in YAML_EXTENSIONS + LAZY_EXTENSIONS:
         parser.error(
@@ -136,6 +151,7 @@ def cli(argv=None):
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        join_timeout_s=args.join_timeout,
     )
 
 

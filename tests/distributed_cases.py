@@ -1,4 +1,4 @@
-"""The function each process of the two-process test runs (importable, for spawn)."""
+"""The functions the processes of the distributed tests run (importable, for spawn)."""
 
 import json
 import os
@@ -31,3 +31,11 @@ def train_and_compare(shapes_root, output_dir, iterations):
                 },
                 f,
             )
+
+
+def write_world(output_dir):
+    """Writes this process's rank, the world size and the ranks all_gather collects to
+    output_dir/rank<rank>.json."""
+    rank = comm.get_rank()
+    with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"world_size": comm.get_world_size(), "ranks": comm.all_gather(rank)}, f)
