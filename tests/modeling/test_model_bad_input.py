@@ -85,6 +85,12 @@ def small_model():
         ([{"image": torch.zeros(1, 3, 32, 32)}], ValueError, r"one image \(3, H, W\)"),
         ([{"image": torch.zeros(3, 0, 32)}], ValueError, "must not be empty"),
         ([{"image": torch.zeros(3, 32, 32, dtype=torch.int32)}], TypeError, "uint8 or floating"),
+        # passed the check, then failed in the first convolution (float32 weights)
+        (
+            [{"image": image(32, 32, 0).double()}],
+            TypeError,
+            r"\(float16, bfloat16 or float32\), got torch\.float64: convert it with image\.float",
+        ),
         ([{"image": image(32, 32, 0).numpy()}], TypeError, "torch.Tensor"),
         (
             [{"image": image(32, 32, 0)}, {"image": torch.full((3, 32, 32), float("nan"))}],

@@ -12,7 +12,11 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["check_batched_inputs"]
+__all__ = ["IMAGE_DTYPES", "check_batched_inputs"]
+
+# float64 is not among them: normalised against float32 pixel means it stays float64, and the
+# first convolution of float32 weights fails on it
+IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check_image(i: int, image, channels: int) -> None:
@@ -38,8 +42,12 @@ def _check_image(i: int, image, channels: int) -> None:
         )
     if image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
-    if not (image.is_floating_point() or image.dtype == torch.uint8):
-        raise TypeError(f"{name} must be uint8 or floating point, got {image.dtype}")
+    if image.dtype not in IMAGE_DTYPES:
+        raise TypeError(
+            f"{name} must be uint8 or floating point (float16, bfloat16 or float32), got "
+            f"{image.dtype}"
+            + (": convert it with image.float()" if image.is_floating_point() else "")
+        )
 
 
 def _check_size(i: int, inputs: Dict) -> None:
@@ -125,9 +133,9 @@ def check_batched_inputs(
     num_classes: Optional[int] = None,
 ) -> None:
     """Raises unless batched_inputs is a non-empty list of dicts, each with "image" a (C, H, W)
-    uint8 or finite floating tensor, optional positive int "height"/"width", and (training)
-    "instances" with gt_classes (T,) int64 in [0, num_classes) (any class when None) and
-    gt_boxes (T, 4) finite x1 <= x2, y1 <= y2. With square_size > 0 (a backbone that pads every
+    tensor of IMAGE_DTYPES (floating: finite), optional positive int "height"/"width", and
+    (training) "instances" with gt_classes (T,) int64 in [0, num_classes) (any class when None)
+    and gt_boxes (T, 4) finite x1 <= x2, y1 <= y2. With square_size > 0 (a backbone that pads every
     image to that square, such as ViTDet's), H and W must not exceed it: Detectron2's padding
     would crop the image."""
     if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
