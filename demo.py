@@ -5,6 +5,7 @@
       --opts MODEL.WEIGHTS output/quickstart/model_final.pth
   python demo.py --config-file ... --video-input clip.mp4 --output out/clip.mp4 --opts ...
 
+Images are read as in training and evaluation (deformable_detr.data.read_image).
 Class names come from the metadata of the config's first test dataset.
 
 --output is a folder when several images are given, when it is an existing folder or when it ends
@@ -27,7 +28,8 @@ sys.path.insert(
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import DefaultPredictor, get_config  # noqa: E402
-from deformable_detr.data import register_shapes_datasets  # noqa: E402
+from deformable_detr.data import read_image, register_shapes_datasets  # noqa: E402
+from deformable_detr.data.image_file import READ_ERRORS  # noqa: E402
 
 import cv2  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
@@ -119,9 +121,10 @@ def picture_paths(paths, output):
 
 def run_images(predictor, metadata, paths, outs, threshold, scale=1.0):
     for path, out in zip(paths, outs):
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot read {path!r} as an image")
+        try:
+            bgr = read_image(path, "BGR")
+        except READ_ERRORS as e:
+            raise ValueError(f"cannot read {path!r} as an image ({e})") from e
         picture, n = draw(predictor, metadata, bgr, threshold, scale)
         logger.info(f"{path}: {n} detections")
         if out and not cv2.imwrite(out, picture):

@@ -95,3 +95,16 @@ def shapes_val_subset(shapes_root, tmp_path_factory):
         return name, path, images
 
     return subset
+
+
+@pytest.fixture
+def registered():
+    """A list to which a test appends the names of the datasets it registers (DatasetCatalog
+    and MetadataCatalog), removed again after the test."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = []
+    yield names
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -13,46 +13,20 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
-from PIL import Image
 
+from data_cases import H, W, coco_dataset, image_record, jpeg, truncated_jpeg
 from deformable_detr.data import DetrDatasetMapper, build_detr_augmentation
 from deformable_detr.data import coco_checks
 from deformable_detr.engine import Trainer
 from training_cases import quick_cfg_in
-
-H, W = 128, 160  # quick_cfg_in resizes the shorter side to 128: these images keep their size
-
-
-def _jpeg(path, seed=0):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(path, quality=90)
-    return str(path)
-
-
-def _truncated_jpeg(path):
-    _jpeg(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])  # the header survives: PIL opens it, decoding fails
-    return str(path)
-
-
-def _record(file_name, annotations=(), image_id=1):
-    return {
-        "file_name": file_name,
-        "image_id": image_id,
-        "height": H,
-        "width": W,
-        "annotations": [dict(a, category_id=0, iscrowd=0) for a in annotations],
-    }
-
 
 # --- unreadable images ---------------------------------------------------------------------
 
 
 def test_unreadable_image_in_evaluation_is_an_error_naming_it(tmp_path, quick_cfg):
     records = [
-        _record(_jpeg(tmp_path / "good.jpg")),
-        _record(_truncated_jpeg(tmp_path / "cut.jpg"), image_id=2),
+        image_record(jpeg(tmp_path / "good.jpg")),
+        image_record(truncated_jpeg(tmp_path / "cut.jpg"), image_id=2),
     ]
     DatasetCatalog.register("bad_input_eval", lambda: records)
     try:
@@ -66,16 +40,16 @@ def test_unreadable_image_in_evaluation_is_an_error_naming_it(tmp_path, quick_cf
 
 def test_unreadable_image_in_training_is_skipped_and_counted(tmp_path, quick_cfg, caplog):
     mapper = DetrDatasetMapper(quick_cfg(), True)
-    cut = _truncated_jpeg(tmp_path / "cut.jpg")
-    assert mapper(_record(cut)) is None
-    assert mapper(_record(cut)) is None
+    cut = truncated_jpeg(tmp_path / "cut.jpg")
+    assert mapper(image_record(cut)) is None
+    assert mapper(image_record(cut)) is None
     assert mapper.skipped_images == 2
     assert "cut.jpg" in caplog.text and "2 images skipped so far" in caplog.text
 
 
 def test_errors_other_than_reading_the_image_are_not_skipped(tmp_path, quick_cfg):
     # the image reads fine; the record's size is wrong (Detectron2's SizeMismatchError)
-    record = dict(_record(_jpeg(tmp_path / "a.jpg")), height=H + 1)
+    record = dict(image_record(jpeg(tmp_path / "a.jpg")), height=H + 1)
     with pytest.raises(ValueError, match=r"Mismatched image shape for image .*a\.jpg"):
         DetrDatasetMapper(quick_cfg(["INPUT.RANDOM_FLIP", "none"]), True)(record)
 
@@ -85,8 +59,8 @@ def test_errors_other_than_reading_the_image_are_not_skipped(tmp_path, quick_cfg
 
 def test_malformed_boxes_are_dropped_before_any_transform_and_counted(tmp_path, quick_cfg):
     xywh, xyxy = BoxMode.XYWH_ABS, BoxMode.XYXY_ABS
-    record = _record(
-        _jpeg(tmp_path / "a.jpg"),
+    record = image_record(
+        jpeg(tmp_path / "a.jpg"),
         [
             {"bbox": [20, 30, 40, 50], "bbox_mode": xywh},  # valid: kept as is
             {"bbox": [50, 10, -20, 20], "bbox_mode": xywh},  # Detectron2: [30, 10, 50, 30]
@@ -168,44 +142,6 @@ def test_wrong_input_keys_are_errors_naming_key_expected_and_got(
 # --- COCO json -----------------------------------------------------------------------------
 
 
-def _coco(tmp_path, name, change=None):
-    """Registers a COCO dataset of two real images under name; change(data) edits the json."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    images = [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in (1, 2)]
-    for i in (1, 2):
-        _jpeg(tmp_path / f"{i}.jpg", seed=i)
-    # as many categories as quick_cfg_in's model has classes, each with an object
-    categories = [{"id": i, "name": name} for i, name in enumerate("abc", 1)]
-    boxes = [(1, 1, [5, 5, 30, 40]), (2, 2, [50, 20, 60, 30]), (2, 3, [10, 60, 40, 40])]
-    annotations = [
-        {
-            "id": 10 + k,
-            "image_id": image_id,
-            "category_id": category_id,
-            "bbox": box,
-            "area": box[2] * box[3],
-            "iscrowd": 0,
-        }
-        for k, (image_id, category_id, box) in enumerate(boxes)
-    ]
-    data = {"info": {}, "images": images, "categories": categories, "annotations": annotations}
-    if change:
-        data = change(data) or data
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(data))
-    register_coco_instances(name, {}, str(path), str(tmp_path))
-    return name
-
-
-@pytest.fixture
-def registered():
-    names = []
-    yield names
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
-
 def _set(key, value):
     return lambda data: data.__setitem__(key, value)
 
@@ -259,8 +195,8 @@ BAD_JSON_IDS = [
 def test_broken_coco_json_is_found_when_the_trainer_is_built(
     tmp_path, quick_cfg, registered, split, change, message
 ):
-    bad = _coco(tmp_path, f"bad_json_{split}", change)
-    good = _coco(tmp_path, f"good_json_{split}")
+    bad = coco_dataset(tmp_path, f"bad_json_{split}", change)
+    good = coco_dataset(tmp_path, f"good_json_{split}")
     registered += [bad, good]
     datasets = {"TRAIN": good, "TEST": good, split: bad}
     cfg = quick_cfg(
@@ -278,7 +214,7 @@ def test_broken_coco_json_is_found_when_the_trainer_is_built(
 def test_broken_coco_json_is_found_before_inference(
     tmp_path, quick_cfg, registered, monkeypatch, change, message
 ):
-    registered.append(_coco(tmp_path, "bad_json_eval", change))
+    registered.append(coco_dataset(tmp_path, "bad_json_eval", change))
     cfg = quick_cfg(["DATASETS.TEST", "('bad_json_eval',)"])
 
     def no_inference(*args):
@@ -299,8 +235,8 @@ def test_missing_coco_json_is_found_when_the_trainer_is_built(tmp_path, quick_cf
 
 def test_coco_json_without_info_evaluates_as_with_an_empty_one(tmp_path, quick_cfg, registered):
     # pycocotools 2.0.10's COCO.loadRes raises KeyError 'info' without it, after inference
-    registered.append(_coco(tmp_path / "no_info", "no_info", lambda data: data.pop("info")))
-    registered.append(_coco(tmp_path / "info", "with_info"))
+    registered.append(coco_dataset(tmp_path / "no_info", "no_info", lambda data: data.pop("info")))
+    registered.append(coco_dataset(tmp_path / "info", "with_info"))
     torch.manual_seed(0)
     model = Trainer.build_model(quick_cfg())
     results = {}
@@ -312,7 +248,7 @@ def test_coco_json_without_info_evaluates_as_with_an_empty_one(tmp_path, quick_c
 
 
 def test_a_checked_coco_json_is_read_again_only_when_it_changes(tmp_path, registered, monkeypatch):
-    name = _coco(tmp_path, "cached_json")
+    name = coco_dataset(tmp_path, "cached_json")
     registered.append(name)
     path = MetadataCatalog.get(name).json_file
     coco_checks.check_coco_datasets([name])

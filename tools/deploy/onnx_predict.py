@@ -17,6 +17,7 @@ model picks its proposals among the encoder's positions; ONNX Runtime's TopK fai
 """
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -24,6 +25,16 @@ import sys
 import numpy as np
 import onnxruntime
 from PIL import Image, ImageDraw
+
+# The package's image reader (16-bit grayscale scaled to 8 bits, EXIF orientation), loaded by
+# its path: importing deformable_detr would import torch. It needs numpy and Pillow only.
+_IMAGE_FILE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    *("..", "..", "projects", "DeformableDETR", "deformable_detr", "data", "image_file.py"),
+)
+_spec = importlib.util.spec_from_file_location("deformable_detr_image_file", _IMAGE_FILE)
+image_file = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(image_file)
 
 
 def resized_size(h: int, w: int, short: int, max_size: int):
@@ -143,8 +154,7 @@ def main(argv=None) -> int:
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     fixed, min_side = input_sizes(session)
     for path, out in zip(args.input, picture_paths(args.input, args.output)):
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
+        rgb = image_file.open_image(path).convert("RGB")
         size = resized_size(rgb.height, rgb.width, args.min_size, args.max_size)
         check_size(path, size, fixed, min_side, args)
         boxes, scores, classes = predict(session, rgb, size)

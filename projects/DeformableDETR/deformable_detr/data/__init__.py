@@ -1,4 +1,5 @@
-"""Data: DETR's augmentation, the dataset mapper, and the built-in synthetic shapes dataset."""
+"""Data: DETR's augmentation, the dataset mapper and image reading, the built-in synthetic shapes
+dataset."""
 
 from .augmentation import (
     RandomChoice,
@@ -6,7 +7,7 @@ from .augmentation import (
     detr_test_augmentation,
     detr_train_augmentation,
 )
-from .mapper import DetrDatasetMapper
+from .mapper import DetrDatasetMapper, read_image
 from .shapes import register_shapes_datasets
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "build_detr_augmentation",
     "detr_test_augmentation",
     "detr_train_augmentation",
+    "read_image",
     "register_shapes_datasets",
 ]

@@ -1,6 +1,8 @@
 """Detectron2's DatasetMapper with DETR's augmentation, and clear handling of bad inputs.
 
 - A missing image file is an error that names it (usually a wrong image root).
+- Images are read by read_image: Detectron2's, through image_file.open_image (16-bit grayscale
+  scaled to 8 bits, not clipped to white).
 - An image that cannot be decoded is, in training, skipped with a warning that counts them: the
   mapper returns None and Detectron2's dataset wrapper draws another sample. In evaluation it is
   an error naming the file: a replacement would count another image's predictions twice.
@@ -33,14 +35,22 @@ from detectron2.structures import BoxMode
 from detectron2.utils.logger import log_every_n_seconds
 
 from .augmentation import build_detr_augmentation, check_image_format
+from .image_file import READ_ERRORS, open_image
 
-__all__ = ["DetrDatasetMapper"]
+__all__ = ["DetrDatasetMapper", "read_image"]
 
 logger = logging.getLogger(__name__)
 
 NOT_FOUR_FINITE = "not 4 finite numbers"
 NOT_POSITIVE = "width or height <= 0"
 EMPTY_AFTER_AUG = "empty or outside the image after augmentation"
+
+
+def read_image(file_name: str, format: str = None) -> np.ndarray:
+    """Detectron2's read_image: (H, W, C) uint8 in `format` (one of IMAGE_FORMATS; None: the
+    file's own mode), through image_file.open_image, which scales 16-bit grayscale to 8 bits
+    where Detectron2's clips it. Raises one of READ_ERRORS for a file that cannot be read."""
+    return utils.convert_PIL_to_numpy(open_image(file_name), format)
 
 
 def _box_problem(anno) -> str:
@@ -110,8 +120,8 @@ class DetrDatasetMapper(DatasetMapper):
         if not os.path.exists(path):
             raise FileNotFoundError(f"image {path!r} of the dataset does not exist")
         try:
-            image = utils.read_image(path, format=self.image_format)
-        except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for broken files
+            image = read_image(path, format=self.image_format)
+        except READ_ERRORS as e:
             if not self.is_train:
                 raise ValueError(
                     f"image {path!r} cannot be read ({e}); evaluation does not skip images, "

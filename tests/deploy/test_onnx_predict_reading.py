@@ -1,0 +1,69 @@
+"""onnx_predict.py reads images with the package's reader (data/image_file.py, loaded by its path,
+without torch): a 16-bit grayscale PNG as OpenCV reads it, where PIL's convert("RGB") clipped it
+to white. The model is a tiny ONNX graph of export_model.py's interface (image (3, H, W) in;
+boxes, scores, classes out) that detects nothing above the threshold, so the picture written is
+the image as read."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_cases import load_script
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
+
+
+def _no_detections_onnx(path):
+    """image (3, h, w) float -> one box [0, 0, 1, 1] of score 0, class 0."""
+    from onnx import TensorProto, helper
+
+    def constant(name, array):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, *array))
+
+    graph = helper.make_graph(
+        [
+            constant("boxes", (TensorProto.FLOAT, [1, 4], [0, 0, 1, 1])),
+            constant("scores", (TensorProto.FLOAT, [1], [0.0])),
+            constant("classes", (TensorProto.INT64, [1], [0])),
+        ],
+        "no_detections",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, "height", "width"])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("classes", TensorProto.INT64, [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_onnx_predict_reads_16bit_grayscale_as_opencv_does(tmp_path, capsys):
+    ramp = np.linspace(0, 65535, 40 * 56).reshape(40, 56).astype(np.uint16)
+    image = str(tmp_path / "gray16.png")
+    assert cv2.imwrite(image, ramp)
+    argv = [
+        "--model",
+        _no_detections_onnx(tmp_path / "model.onnx"),
+        "--input",
+        image,
+        "--output",
+        str(tmp_path / "out"),
+        "--min-size",
+        "40",
+        "--confidence-threshold",
+        "1",
+    ]
+    assert load_script(PREDICT_TOOL).main(argv) == 0
+    assert "0 of 1 detections drawn" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "gray16.png") as picture:
+        drawn = np.asarray(picture.convert("RGB"))
+    np.testing.assert_array_equal(drawn, cv2.imread(image, cv2.IMREAD_COLOR)[:, :, ::-1])
