@@ -282,13 +282,77 @@ def err_ratio(actual, expected, rtol, atol):
     return float(((actual - expected).abs() / (atol + rtol * expected.abs())).max())
 
 
-def assert_close_grads(actual, expected, dtype, names=("value", "locations", "weights")):
+def assert_close_grads(
+    actual, expected, dtype, names=("value", "locations", "weights"), equal_nan=False
+):
+    """Each gradient against the reference's, atol scaled by its largest finite |value|."""
     rtol, atol_rel = GRAD_TOL[dtype]
     for name, a, e in zip(names, actual, expected):
-        atol = atol_rel * max(float(e.abs().max()), 1.0) if e.numel() else atol_rel
+        finite = e[e.isfinite()]
+        atol = atol_rel * max(float(finite.abs().max()), 1.0) if finite.numel() else atol_rel
         torch.testing.assert_close(
-            a.double(), e.double(), rtol=rtol, atol=atol, msg=lambda m, n=name: f"grad {n}: {m}"
+            a.double(),
+            e.double(),
+            rtol=rtol,
+            atol=atol,
+            equal_nan=equal_nan,
+            msg=lambda m, n=name: f"grad {n}: {m}",
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-finite samples, set on make_inputs' defaults (N 2, Lq 5, M 2, the four LEVELS, P 3), each in
+# its own (image, query, head): (n, q, m, l, p), the location (x, y) (None: keep it), the
+# attention weight (None: keep it), and whether that (n, q, m)'s output is NaN. As grid_sample:
+# a NaN weight, or a NaN or infinite coordinate, makes it NaN; a finite location however far out
+# samples zero; an infinite weight on a sample outside the map gives inf * 0 = NaN.
+# ----------------------------------------------------------------------------------------------
+
+NON_FINITE_SAMPLES = [
+    ((0, 0, 0, 0, 0), (0.37, 0.61), math.nan, True),  # NaN weight, location inside
+    ((0, 1, 1, 1, 1), (-3.0, 0.5), math.nan, True),  # NaN weight, location outside
+    ((1, 2, 0, 2, 0), (math.nan, 0.5), None, True),
+    ((1, 3, 1, 3, 2), (0.4, math.nan), None, True),
+    ((0, 2, 0, 1, 1), (math.nan, math.nan), None, True),
+    ((1, 0, 0, 0, 1), (math.inf, 0.5), None, True),
+    ((0, 4, 1, 0, 2), (0.3, -math.inf), None, True),
+    ((1, 4, 1, 1, 0), (-2.0, 0.5), math.inf, True),  # infinite weight, location outside
+    ((0, 3, 1, 2, 2), (1e30, -1e30), None, False),  # finite, far outside: samples zero
+]
+
+
+def non_finite_inputs(dtype):
+    """make_inputs' defaults in `dtype` (locations off the kinks) with NON_FINITE_SAMPLES set,
+    and a grad_output. Returns (inputs, grad_output, nan_rows: the (N, Lq, M) mask of the
+    (image, query, head)s whose output is NaN)."""
+    value, shapes, starts, loc, weights = make_inputs(dtype=dtype, seed=31, margin=1e-3)
+    nan_rows = torch.zeros(weights.shape[:3], dtype=torch.bool)
+    for idx, xy, weight, nan in NON_FINITE_SAMPLES:
+        if xy is not None:
+            loc[idx] = torch.tensor(xy, dtype=torch.float64).to(dtype)
+        if weight is not None:
+            weights[idx] = weight
+        nan_rows[idx[:3]] = nan
+    N, Lq, M = nan_rows.shape
+    grad_out = torch.randn(N, Lq, M * value.shape[3], generator=torch.Generator().manual_seed(32))
+    return (value, shapes, starts, loc, weights), grad_out.to(dtype), nan_rows
+
+
+def assert_non_finite_propagated(results, inputs, grad_out, nan_rows):
+    """results: (output, grad_value, grad_locations, grad_weights) of a kernel on
+    non_finite_inputs. The output is NaN in all D channels of the nan_rows and finite elsewhere;
+    it and the gradients equal the float64 reference's, NaN for NaN."""
+    value, shapes, _, loc, weights = inputs
+    N, Lq, M = nan_rows.shape
+    out = results[0].reshape(N, Lq, M, -1)
+    assert out[nan_rows].isnan().all() and out[~nan_rows].isfinite().all()
+    expected = reference_grads64(value, shapes, loc, weights, grad_out)
+    assert expected[0].reshape(out.shape)[nan_rows].isnan().all()
+    rtol, atol = FWD_TOL[value.dtype]
+    torch.testing.assert_close(
+        results[0].double(), expected[0], rtol=rtol, atol=atol, equal_nan=True
+    )
+    assert_close_grads(results[1:], expected[1:], value.dtype, equal_nan=True)
 
 
 def isa_report():

@@ -28,6 +28,9 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
     const int64_t n = row / s.Lq;
     for (int64_t m = 0; m < s.M; ++m) {
       for (int64_t d = 0; d < D; ++d) acc[d] = acc_t(0);
+      // The skipped samples' terms (skipped_terms: the same in every channel), summed apart so
+      // that a skipped sample costs no pass over D.
+      acc_t skipped = acc_t(0);
       for (int64_t l = 0; l < s.L; ++l) {
         const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
         const scalar_t* base = value + ((n * s.S + starts[l]) * s.M + m) * D;
@@ -45,10 +48,12 @@ void forward_rows(const scalar_t* value, const int64_t* shapes, const int64_t* s
             acc[d] += w[0] * static_cast<acc_t>(v[0][d]) + w[1] * static_cast<acc_t>(v[1][d]) +
                       w[2] * static_cast<acc_t>(v[2][d]) + w[3] * static_cast<acc_t>(v[3][d]);
           }
+        }, [&](int64_t, const BilinearCorners<acc_t>& c, acc_t a) {
+          skipped += skipped_terms(c, a).out;
         });
       }
       scalar_t* o = out + (row * s.M + m) * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
+      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] + skipped);
     }
   }
 }
@@ -121,6 +126,11 @@ void backward_task(const scalar_t* value, const int64_t* shapes, const int64_t* 
         grad_attn[i] = static_cast<loc_t>(ga);
         grad_loc[2 * i] = static_cast<loc_t>(gx);
         grad_loc[2 * i + 1] = static_cast<loc_t>(gy);
+      }, [&](int64_t i, const BilinearCorners<acc_t>& c, acc_t a) {
+        const SkippedTerms<acc_t> t = skipped_terms(c, a);
+        grad_attn[i] = static_cast<loc_t>(t.grad_attn);
+        grad_loc[2 * i] = static_cast<loc_t>(t.grad_x);
+        grad_loc[2 * i + 1] = static_cast<loc_t>(t.grad_y);
       });
     }
   }

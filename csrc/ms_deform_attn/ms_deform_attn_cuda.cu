@@ -56,6 +56,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
             acc += a * c.weight[k] * static_cast<acc_t>(base[c.offset[k] * s.M * s.D]);
           }
         }
+      }, [&](int64_t, const BilinearCorners<acc_t>& c, acc_t a) {
+        acc += skipped_terms(c, a).out;
       });
     }
     out[idx] = static_cast<scalar_t>(acc);
@@ -82,13 +84,14 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value,
     const int64_t n = row / s.Lq;
     const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
     BilinearCorners<acc_t> c;
+    const acc_t a = static_cast<acc_t>(attn[i]);
     if (!sample_corners<acc_t>(loc, i, H, W, c)) {
-      grad_attn[i] = loc_t(0);
-      grad_loc[2 * i] = loc_t(0);
-      grad_loc[2 * i + 1] = loc_t(0);
+      const SkippedTerms<acc_t> t = skipped_terms(c, a);
+      grad_attn[i] = static_cast<loc_t>(t.grad_attn);
+      grad_loc[2 * i] = static_cast<loc_t>(t.grad_x);
+      grad_loc[2 * i + 1] = static_cast<loc_t>(t.grad_y);
       continue;
     }
-    const acc_t a = static_cast<acc_t>(attn[i]);
     const int64_t value_offset = ((n * s.S + starts[l]) * s.M + m) * s.D;
     const scalar_t* go = grad_out + (row * s.M + m) * s.D;
     acc_t g[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};

@@ -3,8 +3,10 @@
 //
 // Conventions (as torch.nn.functional.grid_sample, bilinear, zero padding, align_corners=False):
 // a normalised location (x, y) in [0, 1] maps to the pixel coordinates (x * W - 0.5, y * H - 0.5),
-// pixel centres lie on integers, and corners outside the H x W map contribute zero. A location
-// that is NaN or +-inf in either coordinate samples zero and has zero gradient.
+// pixel centres lie on integers, and corners outside the H x W map contribute zero. NaN is
+// propagated as grid_sample propagates it (see skipped_terms): a NaN attention weight, or a NaN or
+// infinite coordinate, makes the output of its query and head NaN, so that a NaN upstream reaches
+// the output and the loss instead of vanishing.
 #pragma once
 
 #include <cmath>
@@ -37,19 +39,24 @@ struct BilinearCorners {
   int64_t offset[4];  // row-major pixel index h * W + w inside the level
   acc_t weight[4];    // bilinear weight; 0 for a corner outside the map
   bool valid[4];      // corner inside the map
-  acc_t lh, lw;       // fractional parts of the pixel coordinates
+  acc_t lh, lw;       // fractional parts of the pixel coordinates (skipped: see bilinear_corners)
 };
 
 // Fills `c` for the normalised location (x, y) on an H x W map. Returns false when no corner can be
-// inside the map (far outside, NaN or inf); the caller then skips the sample. The strict bounds
-// exclude the points where bilinear interpolation with zero padding has a kink at the border.
+// inside the map (far outside, NaN or inf); the caller then skips the sample, whose terms are
+// skipped_terms(c, ...): only c.lh and c.lw are set, to h - h and w - w (0, or NaN for a NaN or
+// infinite coordinate). The strict bounds exclude the points where bilinear interpolation with
+// zero padding has a kink at the border.
 template <typename acc_t>
 DDETR_HOST_DEVICE bool bilinear_corners(acc_t x, acc_t y, int64_t H, int64_t W,
                                         BilinearCorners<acc_t>& c) {
   const acc_t h = y * static_cast<acc_t>(H) - acc_t(0.5);
   const acc_t w = x * static_cast<acc_t>(W) - acc_t(0.5);
-  // Written so that NaN fails every comparison.
+  // Written so that NaN fails every comparison: the test for NaN rides on the range test, and
+  // samples inside the map pay nothing for it.
   if (!(h > acc_t(-1) && w > acc_t(-1) && h < static_cast<acc_t>(H) && w < static_cast<acc_t>(W))) {
+    c.lh = h - h;
+    c.lw = w - w;
     return false;
   }
   const acc_t h0f = floor_value(h);
@@ -86,19 +93,40 @@ DDETR_HOST_DEVICE bool sample_corners(const scalar_t* locations, int64_t i, int6
                                  static_cast<acc_t>(locations[2 * i + 1]), H, W, c);
 }
 
-// Calls fn(i, c, a) for each sample i in [first, first + count) (the points of one query, head
-// and level: an H x W map) that is not skipped (see bilinear_corners), with c its corners and a its
-// attention weight (weights[i]) in acc_t.
-template <typename acc_t, typename scalar_t, typename Fn>
+// The terms of a sample that bilinear_corners skipped (c from it), with attention weight attn, as
+// grid_sample's: all its corners are outside the map, so each term is a product with zero, which
+// is 0, or NaN when a factor is NaN or infinite.
+//   out:       attn * sample, in each of the D channels; NaN for a non-finite weight or location
+//   grad_attn: <grad_output, sample>; NaN for a non-finite location (grad_output taken finite)
+//   grad_x:    NaN for a non-finite weight or y (d(sample)/dx is a product with y's fraction)
+//   grad_y:    NaN for a non-finite weight or x.
+// For finite inputs every term is +0 (x - x is +0), which leaves the sums it is added to, and the
+// zero-initialised gradients, bitwise as they were.
+template <typename acc_t>
+struct SkippedTerms {
+  acc_t out, grad_attn, grad_x, grad_y;
+};
+
+template <typename acc_t>
+DDETR_HOST_DEVICE SkippedTerms<acc_t> skipped_terms(const BilinearCorners<acc_t>& c, acc_t attn) {
+  const acc_t a0 = attn - attn;  // 0, or NaN for a NaN or infinite weight
+  return {a0 + c.lh + c.lw, c.lh + c.lw, a0 + c.lh, a0 + c.lw};
+}
+
+// For each sample i in [first, first + count) (the points of one query, head and level: an
+// H x W map), calls fn(i, c, a) if bilinear_corners keeps it and skipped(i, c, a) if not, with c
+// its corners and a its attention weight (weights[i]) in acc_t.
+template <typename acc_t, typename scalar_t, typename Fn, typename Skipped>
 DDETR_HOST_DEVICE void for_each_sample(const scalar_t* locations, const scalar_t* weights,
-                                       int64_t first, int64_t count, int64_t H, int64_t W,
-                                       Fn&& fn) {
+                                       int64_t first, int64_t count, int64_t H, int64_t W, Fn&& fn,
+                                       Skipped&& skipped) {
   for (int64_t i = first; i < first + count; ++i) {
     BilinearCorners<acc_t> c;
-    if (!sample_corners<acc_t>(locations, i, H, W, c)) {
-      continue;
+    if (sample_corners<acc_t>(locations, i, H, W, c)) {
+      fn(i, c, static_cast<acc_t>(weights[i]));
+    } else {
+      skipped(i, c, static_cast<acc_t>(weights[i]));
     }
-    fn(i, c, static_cast<acc_t>(weights[i]));
   }
 }
 

@@ -6,7 +6,9 @@ For each case and dtype: the forward, the backward with atomic adds (Triton) or 
 ownership (C++), and the Triton deterministic backward. Every allocation is poisoned with NaN first
 (poisoned_allocations), so an element a kernel never writes fails the comparison. Half-precision
 values run both with locations and weights of their own dtype and with float32 ones (autocast's
-mix).
+mix). Every backend also answers the non-finite samples (NON_FINITE_SAMPLES): a NaN attention
+weight, or a NaN or infinite location, makes its (query, head)'s output NaN and its gradients
+those of the reference, NaN for NaN, instead of vanishing.
 
 Tolerances: FWD_TOL and GRAD_TOL of the value's dtype (rationale in ms_deform_attn_cases.py);
 locations are kept KINK_MARGIN off the bilinear kinks in the gradient comparisons.
@@ -24,8 +26,10 @@ from ms_deform_attn_cases import (
     TRITON_DEVICE,
     TRITON_DTYPES,
     assert_close_grads,
+    assert_non_finite_propagated,
     kernel_grads,
     make_inputs,
+    non_finite_inputs,
     poisoned_allocations,
     reference_grads64,
     requires_extension,
@@ -90,3 +94,27 @@ def test_triton_kernels(case, dtype_pair, deterministic):
         out = triton_forward(*inputs[:5])
         grads = triton_backward(*inputs, deterministic=deterministic)
     _check(case, dtype_pair, [t.cpu() for t in (out, *grads)])
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cpp_cpu_kernel_non_finite(dtype):
+    inputs, grad_out, nan_rows = non_finite_inputs(dtype)
+    with poisoned_allocations():
+        results = kernel_grads(*inputs, grad_out)
+    assert_non_finite_propagated(results, inputs, grad_out, nan_rows)
+
+
+@requires_triton
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+# numpy, under the interpreter, warns of the inf - inf that makes an infinite input NaN
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_triton_kernels_non_finite(deterministic):
+    inputs, grad_out, nan_rows = non_finite_inputs(torch.float32)
+    on_device = [t.to(TRITON_DEVICE) for t in (*inputs, grad_out)]
+    with poisoned_allocations():
+        out = triton_forward(*on_device[:5])
+        grads = triton_backward(*on_device, deterministic=deterministic)
+    results = [t.cpu() for t in (out, *grads)]
+    # against the reference on the CPU, whose grid_sample treats inf as the kernels do
+    assert_non_finite_propagated(results, inputs, grad_out, nan_rows)

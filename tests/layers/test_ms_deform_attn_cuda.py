@@ -20,8 +20,10 @@ from ms_deform_attn_cases import (
     KERNEL_DTYPES,
     KINK_MARGIN,
     assert_close_grads,
+    assert_non_finite_propagated,
     kernel_grads,
     make_inputs,
+    non_finite_inputs,
     reference64,
     reference_grads64,
 )
@@ -112,20 +114,12 @@ def test_empty_inputs(N, Lq):
     assert out.shape == (N, Lq, value.shape[2] * value.shape[3])
 
 
-def test_non_finite_locations_sample_zero():
-    _require_kernel(torch.float64)
-    value, shapes, starts, loc, weights = _to_cuda(make_inputs(D=8))
-    masked = weights.clone()
-    masked[0, 0, 0, 0, 0] = 0
-    expected = ms_deform_attn(value, shapes, starts, loc, masked)
-    for bad in (float("nan"), float("inf"), -float("inf")):
-        broken = loc.clone()
-        broken[0, 0, 0, 0, 0, 0] = bad
-        leaves = [t.clone().requires_grad_() for t in (value, broken, weights)]
-        out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
-        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-        _, g_loc, g_w = torch.autograd.grad(out.sum(), leaves)
-        assert g_loc[0, 0, 0, 0, 0].abs().sum() == 0 and g_w[0, 0, 0, 0, 0] == 0
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_non_finite_inputs_propagate(dtype):
+    _require_kernel(dtype)
+    inputs, grad_out, nan_rows = non_finite_inputs(dtype)
+    results = kernel_grads(*_to_cuda([*inputs, grad_out]))
+    assert_non_finite_propagated([t.cpu() for t in results], inputs, grad_out, nan_rows)
 
 
 @pytest.mark.parametrize("value_dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -1,5 +1,6 @@
 """Tests of the MSDeformAttn module: the released initialisation, hand-worked sampling with 2-d
-and 4-d reference points, the padding mask, gradients to every parameter, and input checks.
+and 4-d reference points, the padding mask, a NaN query (NaN output for it alone), gradients to
+every parameter, and input checks.
 
 Tolerances: float64 hand-worked cases 1e-12; float32 initial values a few ulps (sin/cos rounding).
 """
@@ -139,6 +140,24 @@ def test_padding_mask_hides_padded_values():
     assert torch.equal(out, out_noisy)
     # Without the mask the padded values do change the result: the test can fail.
     assert not torch.allclose(attn(query, ref, noisy, spatial_shapes, starts), out)
+
+
+def test_nan_query_makes_only_its_own_output_nan():
+    # A NaN query gives NaN sampling offsets and weights; its samples used to be dropped, so its
+    # output was finite (output_proj's bias). It must be NaN, and no other query's may change.
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2).double()
+    spatial_shapes, starts, S = levels([(4, 5), (2, 3)])
+    query = torch.randn(2, 6, 32, dtype=torch.float64)
+    value = torch.randn(2, S, 32, dtype=torch.float64)
+    ref = torch.rand(2, 6, 2, 2, dtype=torch.float64)
+    clean = attn(query, ref, value, spatial_shapes, starts)
+    query[1, 3, 5] = math.nan
+    out = attn(query, ref, value, spatial_shapes, starts)
+    assert out[1, 3].isnan().all()
+    others = torch.ones(2, 6, dtype=torch.bool)
+    others[1, 3] = False
+    torch.testing.assert_close(out[others], clean[others], rtol=0, atol=0)
 
 
 def test_backward_reaches_every_parameter():

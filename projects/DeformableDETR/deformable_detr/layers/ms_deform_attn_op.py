@@ -186,9 +186,15 @@ def ms_deform_attn(
         spatial_shapes: (L, 2) integer rows (H, W) of the levels; sum of H * W equals S.
         level_start_index: (L,) integer offset of each level in S.
         sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y): (0, 0) is the top-left
-            corner of a level, (1, 1) its bottom-right. Locations outside [0, 1] sample zeros;
-            NaN or inf locations sample zero and get zero gradient.
+            corner of a level, (1, 1) its bottom-right. Locations outside [0, 1] sample zeros,
+            however far out.
         attention_weights: (N, Lq, M, L, P).
+
+    NaN propagates as in grid_sample: a NaN weight, or a NaN or infinite location, makes all D
+    channels of its query and head NaN (an infinite weight makes them inf or NaN), and reaches
+    the gradients (the reference's: the sample's weight gradient is NaN for a non-finite location;
+    its location gradients are NaN for a non-finite weight, and x's for a non-finite y and the
+    other way round). A NaN upstream thus shows in the output and the loss instead of vanishing.
 
     Returns:
         (N, Lq, M * D). float16/bfloat16 values with float32 locations or weights (what autocast

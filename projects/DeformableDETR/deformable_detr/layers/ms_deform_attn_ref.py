@@ -7,16 +7,13 @@ kernel exists for a device or dtype.
 Shapes: see the legend in deformable_detr/__init__.py.
 """
 
+import math
 from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["ms_deform_attn_pytorch"]
-
-# Where non-finite locations are sent: far enough outside [0, 1] that every bilinear corner is
-# outside the map, so they sample zero, as in the compiled kernels.
-_OUTSIDE = -2.0
 
 
 def ms_deform_attn_pytorch(
@@ -31,9 +28,10 @@ def ms_deform_attn_pytorch(
         value: (N, S, M, D).
         spatial_shapes: (L, 2) rows (H, W), a tensor or a list of pairs; sum of H * W equals S.
         sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y); (0, 0) is the top-left corner
-            of the map and (1, 1) the bottom-right. Outside [0, 1] samples zero; NaN or inf
-            locations sample zero and get zero gradient.
-        attention_weights: (N, Lq, M, L, P).
+            of the map and (1, 1) the bottom-right. Outside [0, 1] samples zero, however far
+            out; a NaN or infinite coordinate samples NaN.
+        attention_weights: (N, Lq, M, L, P). A NaN weight, or an infinite one on a sample
+            outside the map (inf * 0), makes its query and head's output NaN.
 
     Returns:
         (N, Lq, M * D): for each query and head, the weighted sum of the sampled values.
@@ -50,9 +48,11 @@ def ms_deform_attn_pytorch(
     _, Lq, _, L, P, _ = sampling_locations.shape
     shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else list(spatial_shapes)
     sizes = [int(h) * int(w) for h, w in shapes]
-    finite = torch.isfinite(sampling_locations).all(dim=-1, keepdim=True)
+    # grid_sample samples NaN at a NaN coordinate, and at an infinite one on the CPU; on CUDA an
+    # infinite one gives corner indices outside the map, so zero. NaN on every device, as the
+    # kernels: a location that overflowed upstream shows in the output instead of vanishing.
     sampling_locations = torch.where(
-        finite, sampling_locations, sampling_locations.new_tensor(_OUTSIDE)
+        sampling_locations.isinf(), sampling_locations.new_tensor(math.nan), sampling_locations
     )
     # grid_sample's grid spans [-1, 1]; with align_corners=False its ends are the map's corners.
     grids = 2 * sampling_locations - 1  # (N, Lq, M, L, P, 2)

@@ -10,8 +10,9 @@ registers (255 and a stack: spills); as loops, one specialisation serves every L
 
 The sampling math is that of csrc/ms_deform_attn/ms_deform_attn_sampling.h (grid_sample's
 bilinear, zero padding, align_corners=False; a location whose pixel coordinates are not strictly
-inside (-1, H) x (-1, W), NaN and inf included, samples zero and gets zero gradient), so that both
-backends answer the shared test cases alike.
+inside (-1, H) x (-1, W) is skipped, and its terms are NaN where grid_sample's are: a NaN weight,
+or a NaN or infinite coordinate, makes its row NaN), so that both backends answer the shared test
+cases alike.
 
 Value rows: value (N, S, M, D) is addressed in rows of D channels, row (n * S + s) * M + m holding
 pixel s of head m in image n. Sample i = (r * L + l) * P + p indexes sampling_locations (two
@@ -31,10 +32,13 @@ __all__ = ["forward_kernel", "backward_kernel", "segment_sum_kernel"]
 @triton.jit
 def _sample(shapes_ptr, starts_ptr, loc_ptr, attn_ptr, r, ok, head, lvl, p, M, L, P):
     """Point p of level lvl for the rows r (BLOCK_R,), whose value rows of pixel 0 are `head`.
-    Returns the level's H and W, the sample index i, its attention weight a (0 for a skipped
-    sample), the fractional parts (lh, lw) of its pixel coordinates, the value row of its top-left
-    corner, and whether each corner is inside the map: top-left, top-right, bottom-left,
-    bottom-right (the others' rows: + M, + W * M, + W * M + M)."""
+    Returns the level's H and W, the sample index i, its attention weight a, the fractional parts
+    (lh, lw) of its pixel coordinates, the value row of its top-left corner, and whether each
+    corner is inside the map: top-left, top-right, bottom-left, bottom-right (the others' rows:
+    + M, + W * M, + W * M + M). A skipped sample (not inside) is one at pixel (0, 0) with all its
+    corners outside and a, lh, lw replaced by a - a, h - h, w - w: 0, or NaN for a NaN or infinite
+    input, so that its terms, products with zero, are those of skipped_terms in the shared header
+    (NaN where grid_sample's are; for finite inputs +0, as when they were skipped outright)."""
     H = tl.load(shapes_ptr + 2 * lvl)
     W = tl.load(shapes_ptr + 2 * lvl + 1)
     i = (r * L + lvl) * P + p
@@ -47,12 +51,11 @@ def _sample(shapes_ptr, starts_ptr, loc_ptr, attn_ptr, r, ok, head, lvl, p, M, L
     w = x * w_size - 0.5
     # written so that NaN fails every comparison
     inside = ok & (h > -1.0) & (w > -1.0) & (h < h_size) & (w < w_size)
-    # a skipped sample gets finite coordinates and zero weight: nothing NaN reaches a sum
-    h = tl.where(inside, h, 0.0)
-    w = tl.where(inside, w, 0.0)
-    a = tl.where(inside, a, 0.0)
-    h0f = tl.floor(h)
-    w0f = tl.floor(w)
+    # finite corner indices for a skipped sample, which keeps only whether it is NaN (see above)
+    h_in = tl.where(inside, h, 0.0)
+    w_in = tl.where(inside, w, 0.0)
+    h0f = tl.floor(h_in)
+    w0f = tl.floor(w_in)
     h0 = h0f.to(tl.int32)
     w0 = w0f.to(tl.int32)
     top = inside & (h0 >= 0)
@@ -64,9 +67,9 @@ def _sample(shapes_ptr, starts_ptr, loc_ptr, attn_ptr, r, ok, head, lvl, p, M, L
         H,
         W,
         i,
-        a,
-        h - h0f,
-        w - w0f,
+        tl.where(inside, a, a - a),
+        tl.where(inside, h_in - h0f, h - h),
+        tl.where(inside, w_in - w0f, w - w),
         top_left,
         top & left,
         top & right,
@@ -277,7 +280,8 @@ def backward_kernel(
                 BLOCK_D,
                 DETERMINISTIC,
             )
-            # as bilinear_backward in the shared header; g is 0 at corners outside the map
+            # as bilinear_backward in the shared header (skipped_terms for a skipped sample); g is
+            # 0 at corners outside the map
             grad_a = hh * hw * g00 + hh * lw * g01 + lh * hw * g10 + lh * lw * g11
             grad_x = a * W.to(tl.float32) * (hh * (g01 - g00) + lh * (g11 - g10))
             grad_y = a * H.to(tl.float32) * (hw * (g10 - g00) + lw * (g11 - g01))
