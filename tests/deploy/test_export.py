@@ -8,6 +8,7 @@ when near-equal scores come out of top-k in another order.
 """
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -107,9 +108,19 @@ def test_symbolic_matches_op():
         )
     session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     cases = (inputs([[7, 5], [3, 9], [1, 1]], 2, 6, 1), inputs([[11, 3], [5, 13], [2, 1]], 1, 9, 2))
+    # NaN as in the op (issue 22): a NaN weight, a NaN or an infinite location; far but finite
+    # samples zero
+    value, shapes, start, locations, weights = inputs([[7, 5], [3, 9], [1, 1]], 2, 6, 3)
+    weights[0, 1, 0, 0, 0] = math.nan
+    locations[0, 2, 1, 1, 1, 0] = math.nan
+    locations[1, 3, 2, 2, 0, 1] = -math.inf
+    locations[1, 4, 0, 0, 1] = torch.tensor([1e30, 0.5])
+    cases += ((value, shapes, start, locations, weights),)
     for case in cases:
         (out,) = session.run(None, {n: t.numpy() for n, t in zip(names, case)})
+        # NaN where the op has NaN, and only there (assert_allclose's equal_nan)
         np.testing.assert_allclose(out, ms_deform_attn(*case).numpy(), rtol=0, atol=1e-5)
+    assert np.isnan(out).reshape(2, 6, 3, 4).any(-1).sum() == 3
     assert set(_domains(onnx.load_from_string(buffer.getvalue()).graph)) <= {"", "ai.onnx"}
 
 

@@ -20,8 +20,6 @@ __all__ = ["OP_NAME", "ONNX_OPSET", "register_ms_deform_attn_symbolic"]
 OP_NAME = "deformable_detr::ms_deform_attn"
 # GridSample needs opset 16; 17 is what the exporter and onnxruntime are tested with here
 ONNX_OPSET = 17
-# where non-finite locations are sent, as in the reference: every bilinear corner falls outside
-_OUTSIDE = -2.0
 
 
 def _const(g, values, dtype=torch.int64):
@@ -56,12 +54,13 @@ def ms_deform_attn_symbolic(
     P = _dim(g, g.op("Shape", attention_weights), 4)
     NM = g.op("Mul", N, M)
     minus_one = _const(g, [-1])
-    # non-finite locations sample zero, as in the kernels: sent far outside the map
-    bad = g.op("Or", g.op("IsNaN", sampling_locations), g.op("IsInf", sampling_locations))
-    locations = g.op("Where", bad, _const(g, _OUTSIDE, torch.float32), sampling_locations)
-    # grid_sample's grid spans [-1, 1]; with align_corners=0 its ends are the map's corners
+    # grid_sample's grid spans [-1, 1]; with align_corners=0 its ends are the map's corners.
+    # NaN and inf need nothing: onnxruntime's GridSample samples NaN at a NaN or infinite
+    # coordinate, as the op does (NaN reaches the output instead of vanishing).
     grids = g.op(
-        "Sub", g.op("Mul", locations, _const(g, 2.0, torch.float32)), _const(g, 1.0, torch.float32)
+        "Sub",
+        g.op("Mul", sampling_locations, _const(g, 2.0, torch.float32)),
+        _const(g, 1.0, torch.float32),
     )
     shapes = g.op("Cast", spatial_shapes, to_i=7)  # int64
     starts = g.op("Cast", level_start_index, to_i=7)
