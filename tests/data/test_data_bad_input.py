@@ -163,6 +163,11 @@ BAD_JSON = [
         _set("categories", [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
         r"category ids must be unique, repeated: \[1\]",
     ),
+    # Detectron2's load_coco_json raised KeyError: 'name'
+    (
+        _set("categories", [{"id": 1}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]),
+        r"1 of 3 categories have no 'name': \{'id': 1\}",
+    ),
     (
         _edit_annotation("category_id", 7),
         r"1 of 3 annotations have a category_id not among the categories' ids \[1, 2, 3\]: "
@@ -184,6 +189,7 @@ BAD_JSON_IDS = [
     "images-not-a-list",
     "no-categories",
     "repeated-category-id",
+    "unnamed-category",
     "unknown-category",
     "unknown-image",
     "bbox-of-3",
@@ -228,7 +234,7 @@ def test_broken_coco_json_is_found_before_inference(
 def test_missing_coco_json_is_found_when_the_trainer_is_built(tmp_path, quick_cfg, registered):
     register_coco_instances("missing_json", {}, str(tmp_path / "none.json"), str(tmp_path))
     registered.append("missing_json")
-    cfg = quick_cfg(["DATASETS.TRAIN", "('missing_json',)"])
+    cfg = quick_cfg(["DATASETS.TRAIN", "('missing_json',)", "DATASETS.TEST", "()"])
     with pytest.raises(FileNotFoundError, match=r"dataset 'missing_json'.*none\.json"):
         Trainer(cfg)
 

@@ -206,7 +206,7 @@ def test_train_net_trains_under_amp(
     assert ("scale" in scaler) == (precision == "float16")
 
 
-def test_unknown_precision_is_named_with_the_choices(quick_cfg):
+def test_unknown_precision_is_named_with_the_choices(quick_cfg, shapes_root):
     choices = re.escape(str(list(AMP_PRECISIONS)))
     with pytest.raises(
         ValueError, match=rf"^SOLVER\.AMP\.PRECISION must be one of {choices}, got 'float32'$"

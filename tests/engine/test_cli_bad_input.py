@@ -197,7 +197,7 @@ def test_wrong_solver_key_is_named_when_the_optimizer_is_built(quick_cfg, key, v
         build_optimizer(cfg, torch.nn.Linear(2, 2))
 
 
-def test_trainer_refuses_max_iter_zero(quick_cfg):
+def test_trainer_refuses_max_iter_zero(quick_cfg, shapes_root):
     with pytest.raises(ValueError, match=r"SOLVER\.MAX_ITER must be an integer >= 1, got 0"):
         Trainer(quick_cfg(["SOLVER.MAX_ITER", "0"]))
 

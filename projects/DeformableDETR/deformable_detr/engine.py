@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import load_detectron2_checkpoint
 from .data import DetrDatasetMapper
-from .data.coco_checks import check_coco_datasets
+from .data.dataset_checks import YACS_KEYS, check_datasets
+from .data.mapper import NamedUnreadableDataset
 from .solver import AMP_PRECISIONS, build_optimizer
 
 __all__ = [
@@ -95,7 +96,9 @@ class AutocastTrainer(AMPTrainer):
 
 def make_trainer(model, data_loader, optimizer, *, amp: bool, precision: str) -> SimpleTrainer:
     """SimpleTrainer, or with amp an AutocastTrainer in `precision` (a key of AMP_PRECISIONS,
-    checked with the other solver values: check_solver_config, check_lazy_solver)."""
+    checked with the other solver values: check_solver_config, check_lazy_solver), drawing from
+    data_loader (an error saying so when none of its images can be read)."""
+    data_loader = NamedUnreadableDataset(data_loader)
     if not amp:
         return SimpleTrainer(model, data_loader, optimizer)
     return AutocastTrainer(model, data_loader, optimizer, AMP_PRECISIONS[precision])
@@ -146,17 +149,18 @@ class WeightsCheckpointer(DetectionCheckpointer):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with this project's optimizer, mapper, evaluator and DDP; the COCO json of
-    the datasets is checked (data/coco_checks.py) before anything is built or run."""
+    """DefaultTrainer with this project's optimizer, mapper, evaluator and DDP; the datasets
+    (registered, their COCO json, their class count against NUM_CLASSES) are checked
+    (data/dataset_checks.py) before anything is built or run."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except for the DDP wrapper (see wrap_distributed).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        # a broken test json would otherwise surface at the first evaluation, after training
-        check_coco_datasets(cfg.DATASETS.TRAIN)
-        check_coco_datasets(cfg.DATASETS.TEST, require_annotations=False)
+        check_datasets(
+            cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES, YACS_KEYS
+        )
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -192,7 +196,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """DefaultTrainer.test, after checking the test datasets' COCO json (once per file
+        """DefaultTrainer.test, after checking the test datasets (their COCO json once per file
         version: a periodic evaluation does not read it again)."""
-        check_coco_datasets(cfg.DATASETS.TEST, require_annotations=False)
+        check_datasets((), cfg.DATASETS.TEST, cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES, YACS_KEYS)
         return super().test(cfg, model, evaluators)

@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .data.coco_checks import check_coco_datasets
+from .data.dataset_checks import LAZY_KEYS, check_datasets
 from .engine import WeightsCheckpointer, make_trainer, wrap_distributed
 from .modeling.fine_tuning import dataset_class_names
 from .solver import check_lazy_solver
@@ -118,10 +118,16 @@ def dataset_names(cfg: DictConfig) -> Tuple[List[str], List[str]]:
     return names("dataloader.train.dataset.names"), names("dataloader.test.dataset.names")
 
 
+def num_classes(cfg: DictConfig):
+    """The model's class count (model.transformer.num_classes, configs/common/model.py), None
+    for a model laid out otherwise."""
+    return OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None)
+
+
 def do_test(cfg: DictConfig, model) -> Dict:
-    """COCO evaluation of the model on dataloader.test, after the check of its json (once per
-    file version). Returns the evaluator's results: {"bbox": {"AP": ...}}."""
-    check_coco_datasets(dataset_names(cfg)[1], require_annotations=False)
+    """COCO evaluation of the model on dataloader.test, after the checks of its dataset (its
+    json once per file version). Returns the evaluator's results: {"bbox": {"AP": ...}}."""
+    check_datasets((), dataset_names(cfg)[1], num_classes(cfg), LAZY_KEYS)
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
@@ -143,8 +149,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
     "Missing key to")."""
     if OmegaConf.select(cfg, "model.class_names", default="") is None:
         train_names, test_names = dataset_names(cfg)
-        num_classes = OmegaConf.select(cfg, "model.transformer.num_classes", default=None)
-        cfg.model.class_names = dataset_class_names(train_names or test_names, num_classes)
+        cfg.model.class_names = dataset_class_names(train_names or test_names, num_classes(cfg))
     model = instantiate(cfg.model)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(
@@ -171,10 +176,7 @@ def do_train(cfg: DictConfig, resume: bool) -> None:
     engine.AutocastTrainer in train.amp.precision) and the hooks of its DefaultTrainer: iteration
     timer, learning-rate schedule, periodic checkpoints, periodic and final evaluation, metric
     writers."""
-    train_names, test_names = dataset_names(cfg)
-    # a broken test json would otherwise surface at the first evaluation, after training
-    check_coco_datasets(train_names)
-    check_coco_datasets(test_names, require_annotations=False)
+    check_datasets(*dataset_names(cfg), num_classes(cfg), LAZY_KEYS)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)

@@ -1,5 +1,5 @@
 """Data: DETR's augmentation, the dataset mapper and image reading, the built-in synthetic shapes
-dataset."""
+dataset, and the start-up checks of datasets."""
 
 from .augmentation import (
     RandomChoice,
@@ -7,6 +7,7 @@ from .augmentation import (
     detr_test_augmentation,
     detr_train_augmentation,
 )
+from .dataset_checks import check_datasets, check_num_classes
 from .mapper import DetrDatasetMapper, read_image
 from .shapes import register_shapes_datasets
 
@@ -14,6 +15,8 @@ __all__ = [
     "DetrDatasetMapper",
     "RandomChoice",
     "build_detr_augmentation",
+    "check_datasets",
+    "check_num_classes",
     "detr_test_augmentation",
     "detr_train_augmentation",
     "read_image",

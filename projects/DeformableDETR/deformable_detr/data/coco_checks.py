@@ -3,18 +3,24 @@
 Problems that pycocotools or the COCOEvaluator would otherwise report late (after training, or
 after all of inference) or not at all are found when the dataset is loaded: the json must be an
 object whose "images", "annotations" and "categories" are lists, with at least one category,
-unique int category ids, and annotations whose category_id and image_id exist and whose bbox is
-4 numbers. A missing "info" is no problem: the evaluator fills it in (see engine.Trainer).
+unique int category ids, a name for each category, and annotations whose category_id and
+image_id exist and whose bbox is 4 numbers; a training set needs at least one object (an
+annotation not marked iscrowd), since without any the box losses are 0 and nothing is learned.
+A missing "info" is no problem: the evaluator fills it in (see engine.Trainer).
 
-A file that passed is remembered by (path, size, modification time), so a periodic evaluation
-does not read it again.
+The categories' names, in the order of their ids, become the dataset's thing_classes in its
+metadata, as Detectron2's load_coco_json sets them (its contiguous class ids follow that order,
+whatever the json's ids), so that the class count is known before the dataset is loaded.
+
+A file that passed is remembered, with its class names, by (path, size, modification time), so
+a periodic evaluation does not read it again.
 """
 
 import collections
 import json
 import numbers
 import os
-from typing import Iterable, List
+from typing import Dict, Iterable, List, Tuple
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
@@ -22,7 +28,7 @@ from detectron2.utils.file_io import PathManager
 __all__ = ["check_coco_datasets", "check_coco_json"]
 
 SHOWN = 5  # offending entries named in an error
-_passed = set()
+_passed: Dict[Tuple, List[str]] = {}  # file version -> its class names
 
 
 def _is_number(v) -> bool:
@@ -36,6 +42,11 @@ def _is_int(v) -> bool:
 def _listed(what: str, total: int, offending: List[str]) -> str:
     shown = ", ".join(offending[:SHOWN]) + (", ..." if len(offending) > SHOWN else "")
     return f"{len(offending)} of {total} {what}: {shown}"
+
+
+def _class_names(categories: List[dict]) -> List[str]:
+    """The categories' names in the order of their ids: Detectron2's thing_classes."""
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
 
 
 def _problems(data, require_annotations: bool) -> List[str]:
@@ -67,6 +78,9 @@ def _problems(data, require_annotations: bool) -> List[str]:
     bad_categories = [repr(c) for c, ok in zip(categories, with_id) if not ok]
     if bad_categories:
         problems.append(_listed("categories have no int 'id'", len(categories), bad_categories))
+    unnamed = [repr(c) for c in categories if isinstance(c, dict) and "name" not in c]
+    if unnamed:
+        problems.append(_listed("categories have no 'name'", len(categories), unnamed))
     category_ids = collections.Counter(c["id"] for c, ok in zip(categories, with_id) if ok)
     repeated = sorted(i for i, n in category_ids.items() if n > 1)
     if repeated:
@@ -107,13 +121,24 @@ def _problems(data, require_annotations: bool) -> List[str]:
         problems.append(
             _listed("annotations have a bbox that is not 4 numbers", len(annotations), bad_box)
         )
+    objects = [a for a in annotations if isinstance(a, dict) and not a.get("iscrowd", 0)]
+    if require_annotations and not objects:
+        crowd = f", all {len(annotations)} iscrowd" if annotations else ""
+        problems.append(
+            f"'annotations' holds no object{crowd}: a training set needs objects (without any, "
+            f"the box losses are 0 and nothing is learned)"
+        )
     return problems
 
 
-def check_coco_json(dataset_name: str, json_file: str, require_annotations: bool = True) -> None:
-    """Raises FileNotFoundError if json_file is missing, ValueError naming the dataset, the file
-    and the first offending entries if it is not a usable COCO json. require_annotations=False
-    accepts a json without "annotations" (an unlabelled test set: predictions only)."""
+def check_coco_json(
+    dataset_name: str, json_file: str, require_annotations: bool = True
+) -> List[str]:
+    """The class names (thing_classes) of a usable COCO json. Raises FileNotFoundError if
+    json_file is missing, ValueError naming the dataset, the file and the first offending
+    entries if it is not a usable COCO json (with require_annotations, the default, for
+    training: with at least one object). require_annotations=False accepts a json without
+    "annotations" or objects (an unlabelled test set: predictions only)."""
     path = PathManager.get_local_path(json_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -122,7 +147,7 @@ def check_coco_json(dataset_name: str, json_file: str, require_annotations: bool
     stat = os.stat(path)
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, require_annotations)
     if key in _passed:
-        return
+        return _passed[key]
     with open(path) as f:
         try:
             data = json.load(f)
@@ -136,13 +161,18 @@ def check_coco_json(dataset_name: str, json_file: str, require_annotations: bool
             f"dataset {dataset_name!r}: the COCO json {json_file!r} has problems:\n"
             + "\n".join(f"- {p}" for p in problems)
         )
-    _passed.add(key)
+    _passed[key] = _class_names(data["categories"])
+    return _passed[key]
 
 
 def check_coco_datasets(dataset_names: Iterable[str], require_annotations: bool = True) -> None:
     """check_coco_json for each dataset whose MetadataCatalog entry has a json_file (as
-    register_coco_instances records it); other datasets are left alone."""
+    register_coco_instances records it), its class names set as its thing_classes where the
+    metadata has none yet; other datasets are left alone."""
     for name in dataset_names:
-        json_file = MetadataCatalog.get(name).get("json_file", None)
+        metadata = MetadataCatalog.get(name)
+        json_file = metadata.get("json_file", None)
         if json_file is not None:
-            check_coco_json(name, json_file, require_annotations)
+            names = check_coco_json(name, json_file, require_annotations)
+            if metadata.get("thing_classes", None) is None:
+                metadata.thing_classes = names

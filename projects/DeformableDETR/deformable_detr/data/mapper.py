@@ -5,7 +5,8 @@
   scaled to 8 bits, not clipped to white).
 - An image that cannot be decoded is, in training, skipped with a warning that counts them: the
   mapper returns None and Detectron2's dataset wrapper draws another sample. In evaluation it is
-  an error naming the file: a replacement would count another image's predictions twice.
+  an error naming the file: a replacement would count another image's predictions twice. When
+  no image of a training set can be read, the loader says so (NamedUnreadableDataset).
 - Only reading the image is guarded: any other error (a config error, a bug) propagates.
 - Malformed boxes (not 4 finite numbers, width or height <= 0 in their own bbox_mode) are
   dropped before any transform, never rewritten: Detectron2's transform_instance_annotations
@@ -37,13 +38,16 @@ from detectron2.utils.logger import log_every_n_seconds
 from .augmentation import build_detr_augmentation, check_image_format
 from .image_file import READ_ERRORS, open_image
 
-__all__ = ["DetrDatasetMapper", "read_image"]
+__all__ = ["DetrDatasetMapper", "NamedUnreadableDataset", "read_image"]
 
 logger = logging.getLogger(__name__)
 
 NOT_FOUR_FINITE = "not 4 finite numbers"
 NOT_POSITIVE = "width or height <= 0"
 EMPTY_AFTER_AUG = "empty or outside the image after augmentation"
+# random.sample's error, which Detectron2's MapDataset raises when every index it could draw has
+# failed in the mapper; in a loader worker it is re-raised inside another ValueError's message
+NO_SAMPLE_LEFT = "Sample larger than population"
 
 
 def read_image(file_name: str, format: str = None) -> np.ndarray:
@@ -51,6 +55,28 @@ def read_image(file_name: str, format: str = None) -> np.ndarray:
     file's own mode), through image_file.open_image, which scales 16-bit grayscale to 8 bits
     where Detectron2's clips it. Raises one of READ_ERRORS for a file that cannot be read."""
     return utils.convert_PIL_to_numpy(open_image(file_name), format)
+
+
+class NamedUnreadableDataset:
+    """A training loader over DetrDatasetMapper, iterated as it is, except that when the mapper
+    has skipped every image of the dataset as unreadable (Detectron2's MapDataset then fails
+    with random.sample's "Sample larger than population"), the error says so."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except ValueError as e:
+            if NO_SAMPLE_LEFT not in str(e):
+                raise
+            raise ValueError(
+                "no image of the training set can be read: the data mapper skipped each one it "
+                "was given (the 'skipping image' warnings above name the files and why) until "
+                "Detectron2's MapDataset had none left to draw; check that the files are "
+                "images PIL can open (e.g. not truncated, not HEIC)"
+            ) from e
 
 
 def _box_problem(anno) -> str:
