@@ -5,8 +5,10 @@
       --opts MODEL.WEIGHTS output/quickstart/model_final.pth
   python demo.py --config-file ... --video-input clip.mp4 --output out/clip.mp4 --opts ...
 
-Images are read as in training and evaluation (deformable_detr.data.read_image).
-Class names come from the metadata of the config's first test dataset.
+Images are read as in training and evaluation (deformable_detr.data.read_image). The labels are
+the class names of the first --coco-dataset NAME JSON IMAGE_ROOT given (its json's categories),
+else of the config's first test dataset (DATASETS.TEST[0], as Detectron2's demo); they must be
+as many as MODEL.DEFORMABLE_DETR.NUM_CLASSES.
 
 --output is a folder when several images are given, when it is an existing folder or when it ends
 with a path separator; the folder is created. Each picture keeps its image's path relative to the
@@ -28,7 +30,15 @@ sys.path.insert(
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import DefaultPredictor, get_config  # noqa: E402
-from deformable_detr.data import read_image, register_shapes_datasets  # noqa: E402
+from deformable_detr.data import (  # noqa: E402
+    add_coco_dataset_argument,
+    check_num_classes,
+    read_image,
+    register_coco_datasets,
+    register_shapes_datasets,
+)
+from deformable_detr.data.coco_checks import check_coco_datasets  # noqa: E402
+from deformable_detr.data.dataset_checks import YACS_KEYS  # noqa: E402
 from deformable_detr.data.image_file import READ_ERRORS  # noqa: E402
 
 import cv2  # noqa: E402
@@ -77,6 +87,9 @@ def get_parser():
         default=1.0,
         help="size of the pictures relative to the images (the Visualizer's scale; e.g. 3 for "
         "small images, whose labels would otherwise cover the objects)",
+    )
+    add_coco_dataset_argument(
+        parser, "the labels are the first one's class names (else DATASETS.TEST[0]'s)"
     )
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
@@ -157,6 +170,19 @@ def run_video(predictor, metadata, args):
     logger.info(f"{args.video_input}: {frames} frames")
 
 
+def label_metadata(cfg, coco_names):
+    """The metadata whose thing_classes label the pictures (see the module's docstring), checked
+    against NUM_CLASSES."""
+    name = coco_names[0] if coco_names else next(iter(cfg.DATASETS.TEST), "__unused")
+    if name.startswith("ddetr_shapes"):
+        register_shapes_datasets()
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("thing_classes") is None:
+        check_coco_datasets([name], require_annotations=False)  # its json's categories
+    check_num_classes([name], cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES, YACS_KEYS.num_classes)
+    return metadata
+
+
 def main(argv=None):
     setup_logger(name="deformable_detr")
     setup_logger(name="fvcore")
@@ -170,11 +196,10 @@ def main(argv=None):
         outs = picture_paths(paths, args.output)
     elif args.output:
         os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    coco_names = register_coco_datasets(args.coco_dataset)
     cfg = get_config(args.config_file, args.opts)
     cfg.freeze()
-    if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0].startswith("ddetr_shapes"):
-        register_shapes_datasets()
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    metadata = label_metadata(cfg, coco_names)
     predictor = DefaultPredictor(cfg)
     if args.input:
         run_images(predictor, metadata, paths, outs, args.confidence_threshold, args.scale)

@@ -7,11 +7,15 @@
   python train_net.py --config-file configs/quickstart.yaml --num-gpus 2 MODEL.DEVICE cpu
   python train_net.py --config-file ... --resume                                # continue
   python train_net.py --config-file configs/ddetr_r50.py train.max_iter=1000   # LazyConfig
+  python train_net.py --config-file configs/ddetr_r50.yaml \
+      --coco-dataset mine_train train.json train_images/ DATASETS.TRAIN "('mine_train',)" ...
 
 Overrides: KEY VALUE pairs for a yacs config, key=value (Hydra's syntax) for a LazyConfig.
-Any dataset registered in Detectron2's DatasetCatalog works (docs/own_data_and_finetuning.md);
-the built-in synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are written on first
-use.
+Any dataset registered in Detectron2's DatasetCatalog works (docs/own_data_and_finetuning.md):
+--coco-dataset NAME JSON IMAGE_ROOT (repeatable) registers COCO-format files under NAME for the
+config to name; the built-in synthetic shapes ("ddetr_shapes_train" / "ddetr_shapes_val") are
+written on first use. Before anything is built, each dataset the config names is checked
+(registered, its COCO json sound, as many categories as the model has classes).
 """
 
 import os
@@ -25,7 +29,11 @@ sys.path.insert(
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
 from deformable_detr import lazy_engine  # noqa: E402
-from deformable_detr.data import register_shapes_datasets  # noqa: E402
+from deformable_detr.data import (  # noqa: E402
+    add_coco_dataset_argument,
+    register_coco_datasets,
+    register_shapes_datasets,
+)
 from deformable_detr.engine import Trainer, WeightsCheckpointer  # noqa: E402
 from deformable_detr.launcher import JOIN_TIMEOUT_S, check_launch_args, launch  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
@@ -84,6 +92,8 @@ def register_datasets(names):
 
 
 def main(args):
+    # again in each process of a launch; args of Detectron2's own parser have no coco_dataset
+    register_coco_datasets(getattr(args, "coco_dataset", None) or [])
     lazy = is_lazy(args.config_file)
     cfg = load_config(args)
     if not lazy:
@@ -104,10 +114,8 @@ def main(args):
     return trainer.train()
 
 
-def cli(argv=None):
-    """Parses the command line (Detectron2's arguments), refuses a config file of another
-    extension and an evaluation without weights, then trains or evaluates in args.num_gpus
-    processes per machine."""
+def get_parser():
+    """Detectron2's default_argument_parser with --join-timeout and --coco-dataset."""
     parser = default_argument_parser()
     parser.add_argument(
         "--join-timeout",
@@ -117,6 +125,19 @@ def cli(argv=None):
         help="with --num-machines > 1: how long the machines have to meet at --dist-url before "
         "the run fails, naming whom it waited for (default: %(default)g)",
     )
+    add_coco_dataset_argument(
+        parser,
+        "name it in the config: DATASETS.TRAIN / DATASETS.TEST, or a LazyConfig's "
+        "dataloader.train.dataset.names / dataloader.test.dataset.names",
+    )
+    return parser
+
+
+def cli(argv=None):
+    """Parses the command line (get_parser), refuses a config file of another extension and an
+    evaluation without weights, then trains or evaluates in args.num_gpus processes per
+    machine."""
+    parser = get_parser()
     args = parser.parse_args(argv)
     try:
         check_launch_args(
@@ -130,6 +151,7 @@ def cli(argv=None):
             f"--config-file must be a yacs config ({', '.join(YAML_EXTENSIONS)}) or a "
             f"LazyConfig ({', '.join(LAZY_EXTENSIONS)}), got {args.config_file!r}"
         )
+    register_coco_datasets(args.coco_dataset)
     settings = read_settings(load_config(args), is_lazy(args.config_file))
     # fvcore's Checkpointer names the latest checkpoint of the output dir in this file
     resumable = args.resume and os.path.isfile(os.path.join(settings.output_dir, "last_checkpoint"))
