@@ -37,6 +37,8 @@ from deformable_detr.data import (  # noqa: E402
 from deformable_detr.engine import Trainer, WeightsCheckpointer  # noqa: E402
 from deformable_detr.launcher import JOIN_TIMEOUT_S, check_launch_args, launch  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 YAML_EXTENSIONS = (".yaml", ".yml")
 LAZY_EXTENSIONS = (".py",)
@@ -99,7 +101,10 @@ def main(args):
     if not lazy:
         cfg.freeze()
     default_setup(cfg, args)
-    register_datasets(read_settings(cfg, lazy).datasets)
+    settings = read_settings(cfg, lazy)
+    # this project's log lines (e.g. fine-tuning's "class heads: ...") go where Detectron2's go
+    setup_logger(settings.output_dir, distributed_rank=comm.get_rank(), name="deformable_detr")
+    register_datasets(settings.datasets)
     if lazy:
         run = lazy_engine.evaluate if args.eval_only else lazy_engine.do_train
         return run(cfg, args.resume)

@@ -255,6 +255,8 @@ def test_train_net_yaml_trains_resumes_and_evaluates_from_other_classes(
     with pytest.raises(_Stop):
         train_net.main(default_argument_parser().parse_args(args + ["OUTPUT_DIR", str(tmp_path)]))
     _assert_fitted(models[0], file_state)
+    # the log line is in the run's log, beside Detectron2's
+    assert "class heads: the file has 5 classes, the model 3" in (tmp_path / "log.txt").read_text()
 
 
 @pytest.mark.slow  # 2 training iterations of 2 images, an evaluation of 4
