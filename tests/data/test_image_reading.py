@@ -96,6 +96,17 @@ def test_demo_reads_images_with_the_shared_reader(tmp_path, shapes_root, monkeyp
     np.testing.assert_array_equal(seen[0], _cv2_rgb(path)[:, :, ::-1])
 
 
+def test_export_tool_reads_its_sample_image_with_the_shared_reader(tmp_path, quick_cfg):
+    """export_model.py --sample-image: a 16-bit PNG as OpenCV reads it (H x W is the quickstart's
+    test size, so the resize keeps it)."""
+    path = _gray16(tmp_path / "gray16.png")
+    image = load_script(os.path.join("tools", "deploy", "export_model.py")).sample_image(
+        quick_cfg(), path
+    )
+    expected = torch.from_numpy(np.ascontiguousarray(_cv2_rgb(path).transpose(2, 0, 1))).float()
+    assert torch.equal(image, expected)
+
+
 def test_the_image_file_module_imports_neither_torch_nor_detectron2():
     """onnx_predict.py loads it by its path, on machines without torch."""
     module = os.path.join(REPO, "projects", "DeformableDETR", "deformable_detr", "data")

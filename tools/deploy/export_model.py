@@ -41,7 +41,7 @@ sys.path.insert(
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import DeformableDETR, get_config  # noqa: E402
-from deformable_detr.data import build_detr_augmentation  # noqa: E402
+from deformable_detr.data import build_detr_augmentation, read_image  # noqa: E402
 from deformable_detr.engine import WeightsCheckpointer  # noqa: E402
 from deformable_detr.export import (  # noqa: E402
     compare_detections,
@@ -64,7 +64,6 @@ import torch.nn.functional as F  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from PIL import Image  # noqa: E402
 
 logger = logging.getLogger("deformable_detr.export")
 
@@ -131,8 +130,7 @@ def sample_image(cfg, path):
     else:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--sample-image {path!r} does not exist")
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        rgb = read_image(path, "RGB")  # the project's reader: 16-bit images scaled, not clipped
     aug_input = T.AugInput(rgb)
     T.AugmentationList(build_detr_augmentation(cfg, is_train=False))(aug_input)
     return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).float()
