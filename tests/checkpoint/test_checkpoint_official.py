@@ -12,6 +12,7 @@ import runpy
 
 import pytest
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from checkpoint_cases import (
@@ -131,7 +132,9 @@ def test_script_converts_with_the_variant_flag_and_prints_the_config(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "configs/ddetr_r50_single_scale_dc5.yaml" in done.stdout
     checkpoint = torch.load(converted, weights_only=True)
-    assert set(checkpoint) == {"model", "__author__", "matching_heuristics"}
+    assert set(checkpoint) == {"model", "__author__", "matching_heuristics", "class_names"}
+    # the 80 rows' classes, for fine-tuning by class name
+    assert checkpoint["class_names"] == MetadataCatalog.get("coco_2017_val").thing_classes
     assert checkpoint["matching_heuristics"] is False
     assert set(checkpoint["model"]) == set(build("ddetr_r50_single_scale_dc5.yaml").state_dict())
 

@@ -305,6 +305,8 @@ def test_train_net_trains_ddetr_r50_from_the_imagenet_file(builtin_datasets_env,
             "('ddetr_shapes_train',)",
             "DATASETS.TEST",
             "()",
+            "MODEL.DEFORMABLE_DETR.NUM_CLASSES",  # the built-in data's, as the data check asks
+            "3",
             "MODEL.DEVICE",
             "cpu",
             "MODEL.WEIGHTS",
