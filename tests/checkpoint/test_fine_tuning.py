@@ -6,7 +6,6 @@ holding NaN are refused by name."""
 import json
 import logging
 import math
-import os
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from deformable_detr.engine import Trainer, WeightsCheckpointer
 from checkpoint_cases import RELEASES, released_checkpoint
 from lazy_cases import QUICK_RUN, QUICKSTART_PY
 from model_cases import model_cfg
-from repo_paths import QUICKSTART
+from repo_paths import EXPORT_TOOL, QUICKSTART
 
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # the released initialisation of the class bias
 FIT_LOGGER = "deformable_detr.modeling.fine_tuning"
@@ -293,7 +292,7 @@ def test_predictors_and_the_export_tool_load_other_classes(
     _assert_fitted(DefaultPredictor(cfg).model, file_state)  # Detectron2's
     # this project's (deformable_detr.DefaultPredictor), which demo.py uses
     _assert_fitted(load_script("demo.py").DefaultPredictor(cfg).model, file_state)
-    tool = load_script(os.path.join("tools", "deploy", "export_model.py"))
+    tool = load_script(EXPORT_TOOL)
     models = _captured(monkeypatch, tool, "eager_detections", 0)  # (model, image)
     argv = [
         "--config-file",

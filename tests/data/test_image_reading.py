@@ -17,7 +17,7 @@ from PIL import Image
 from cli_cases import load_script
 from data_cases import H, W, image_record
 from deformable_detr.data import DetrDatasetMapper, read_image
-from repo_paths import QUICKSTART, REPO
+from repo_paths import EXPORT_TOOL, QUICKSTART, REPO
 
 
 def _gray16(path):
@@ -100,9 +100,7 @@ def test_export_tool_reads_its_sample_image_with_the_shared_reader(tmp_path, qui
     """export_model.py --sample-image: a 16-bit PNG as OpenCV reads it (H x W is the quickstart's
     test size, so the resize keeps it)."""
     path = _gray16(tmp_path / "gray16.png")
-    image = load_script(os.path.join("tools", "deploy", "export_model.py")).sample_image(
-        quick_cfg(), path
-    )
+    image = load_script(EXPORT_TOOL).sample_image(quick_cfg(), path)
     expected = torch.from_numpy(np.ascontiguousarray(_cv2_rgb(path).transpose(2, 0, 1))).float()
     assert torch.equal(image, expected)
 

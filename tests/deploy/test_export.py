@@ -32,13 +32,11 @@ from deformable_detr.layers import ms_deform_attn
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
 from model_cases import RELEASED_CONFIGS, build, image
-from repo_paths import CONFIG_DIR, REPO
+from repo_paths import CONFIG_DIR, EXPORT_TOOL, PREDICT_TOOL, REPO
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-EXPORT_TOOL = os.path.join("tools", "deploy", "export_model.py")
-PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
 SIZES = ((256, 320), (224, 352))  # the traced size, then another for the dynamic ONNX graph
 
 

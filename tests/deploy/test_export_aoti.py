@@ -23,7 +23,7 @@ from deformable_detr.export import eager_detections, export_aoti, run_aoti
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
 from model_cases import build, image
-from repo_paths import CONFIG_DIR
+from repo_paths import CONFIG_DIR, EXPORT_TOOL
 from ms_deform_attn_cases import requires_extension
 
 SIZE = (256, 320)
@@ -116,7 +116,7 @@ def test_export_tool_aoti_matches_eager(tmp_path, capsys):
     pixels = image(*SIZE, 0).to(torch.uint8)
     sample = tmp_path / "sample.png"  # lossless: the tool reads exactly these pixels
     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(sample)
-    tool = load_script(os.path.join("tools", "deploy", "export_model.py"))
+    tool = load_script(EXPORT_TOOL)
     out = tmp_path / "out"
     code = tool.main(
         [

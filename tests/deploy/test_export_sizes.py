@@ -26,13 +26,11 @@ from deformable_detr.export import (
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
 from model_cases import BACKBONE_CONFIGS, NO_WEIGHTS, build, image
-from repo_paths import CONFIG_DIR
+from repo_paths import CONFIG_DIR, EXPORT_TOOL, PREDICT_TOOL
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
-EXPORT_TOOL = os.path.join("tools", "deploy", "export_model.py")
 SIZE = (128, 160)  # the exports' sample size
 TWO_STAGE = (
     "MODEL.DEFORMABLE_DETR.TWO_STAGE",

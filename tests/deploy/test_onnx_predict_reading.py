@@ -4,19 +4,16 @@ to white. The model is a tiny ONNX graph of export_model.py's interface (image (
 boxes, scores, classes out) that detects nothing above the threshold, so the picture written is
 the image as read."""
 
-import os
-
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from cli_cases import load_script
+from repo_paths import PREDICT_TOOL
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-PREDICT_TOOL = os.path.join("tools", "deploy", "onnx_predict.py")
 
 
 def _no_detections_onnx(path):
