@@ -62,6 +62,24 @@ def add_deformable_detr_config(cfg):
     c.TWO_STAGE = False
     # Number of encoder proposals kept in two-stage mode (the released model keeps NUM_QUERIES).
     c.TWO_STAGE_NUM_PROPOSALS = 300
+    # Beyond the release: the "tricks" of H-Deformable-DETR (Jia et al., CVPR 2023), all off by
+    # default. Two-stage: the positional queries come from the top-k proposals and the content
+    # queries are learned embeddings (NUM_QUERIES of them, plus the one-to-many queries).
+    c.MIXED_QUERY_SELECTION = False
+    # Box refinement: each layer's output boxes also pass gradient into the previous layer's
+    # boxes before their detach, one layer back ("look forward twice").
+    c.LOOK_FORWARD_TWICE = False
+    # Hybrid matching (H-DETR), training only: extra queries matched one-to-many to the targets
+    # repeated K_ONE2MANY times, their losses added with weight LAMBDA_ONE2MANY; the two groups
+    # are masked from each other in the decoder's self-attention. Inference, export and the
+    # two-stage top-k use the one-to-one queries (NUM_QUERIES / TWO_STAGE_NUM_PROPOSALS) alone.
+    c.HYBRID_MATCHING = CN()
+    # The one-to-many queries (H-DETR: 1500); 0 turns hybrid matching off.
+    c.HYBRID_MATCHING.NUM_QUERIES_ONE2MANY = 0
+    # The copies of every target the one-to-many queries are matched to (H-DETR: 6).
+    c.HYBRID_MATCHING.K_ONE2MANY = 6
+    # The weight of the one-to-many losses, on every decoder layer's terms (H-DETR: 1.0).
+    c.HYBRID_MATCHING.LAMBDA_ONE2MANY = 1.0
     # On CUDA, the deformable attention's backward without float atomics (Triton kernels): bitwise
     # repeatable training, at the cost of a sort per call. torch.use_deterministic_algorithms(True)
     # turns it on too. The CPU kernels are deterministic either way.

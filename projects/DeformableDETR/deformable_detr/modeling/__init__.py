@@ -4,6 +4,7 @@ registries."""
 
 from .backbones import build_deformable_detr_resnet_backbone
 from .criterion import SetCriterion
+from .hybrid_matching import HybridMatchingCriterion
 from .matcher import HungarianMatcher
 from .meta_arch import DeformableDETR
 from .neck import NECK_REGISTRY, DeformableDETRNeck, build_neck
@@ -14,6 +15,7 @@ __all__ = [
     "DeformableDETRNeck",
     "DeformableTransformer",
     "HungarianMatcher",
+    "HybridMatchingCriterion",
     "NECK_REGISTRY",
     "SetCriterion",
     "TRANSFORMER_REGISTRY",

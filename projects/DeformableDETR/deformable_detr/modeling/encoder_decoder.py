@@ -63,11 +63,16 @@ class DeformableDecoder(nn.Module):
     """`num_layers` DeformableDecoderLayer, each followed by its class and box heads.
 
     With refinement (heads.refine) each layer's boxes become (detached) the next layer's
-    reference boxes; without, every layer keeps the initial reference points.
+    reference boxes; without, every layer keeps the initial reference points. With
+    `look_forward_twice` (refinement only; H-Deformable-DETR) the boxes a layer outputs refine
+    the previous layer's boxes undetached, so that a layer's box loss also reaches the previous
+    layer (one layer back: the previous layer's own boxes refine a detached reference). The
+    values, and the references the attention samples at, stay the same.
     """
 
-    def __init__(self, num_layers: int, **layer_kwargs):
+    def __init__(self, num_layers: int, look_forward_twice: bool = False, **layer_kwargs):
         super().__init__()
+        self.look_forward_twice = look_forward_twice
         self.layers = nn.ModuleList(
             DeformableDecoderLayer(**layer_kwargs) for _ in range(num_layers)
         )
@@ -77,7 +82,8 @@ class DeformableDecoder(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            queries: the object queries and their reference points or boxes.
+            queries: the object queries, their reference points or boxes, and the mask of the
+                self-attention between their groups.
             memory: (N, S, C) encoder output.
             heads: the J layers' class and box heads.
         Returns:
@@ -85,6 +91,7 @@ class DeformableDecoder(nn.Module):
         """
         tgt, reference = queries.content, queries.reference
         hs, boxes = [], []
+        previous = None  # the previous layer's boxes, before their detach
         for i, layer in enumerate(self.layers):
             # references are relative to the valid image; the attention samples in padded maps.
             # With refinement the first layer's points become boxes for the next layers.
@@ -101,12 +108,17 @@ class DeformableDecoder(nn.Module):
                 levels.shapes,
                 levels.starts,
                 levels.mask,
+                queries.attn_mask,
             )
             layer_boxes = heads.boxes(i, tgt, reference)
+            output_boxes = layer_boxes
+            if self.look_forward_twice and previous is not None:
+                output_boxes = heads.boxes(i, tgt, previous)  # the same values, more gradient
             if heads.refine:
                 reference = layer_boxes.detach()
+            previous = layer_boxes
             hs.append(tgt)
-            boxes.append(layer_boxes)
+            boxes.append(output_boxes)
         # the class heads read the stacked outputs, as released (the order in which autograd
         # sums the gradients of each layer's output then stays the release's)
         return heads.logits(torch.stack(hs)), torch.stack(boxes)

@@ -17,6 +17,7 @@ from torchvision.ops import box_convert
 from ..layers import PositionEmbeddingSine
 from .criterion import SetCriterion
 from .fine_tuning import dataset_class_names, fit_state_dict
+from .hybrid_matching import HybridMatchingCriterion
 from .input_checks import check_batched_inputs
 from .matcher import HungarianMatcher
 from .neck import build_neck
@@ -82,6 +83,13 @@ class DeformableDETR(nn.Module):
             raise ValueError(
                 f"pixel_std (MODEL.PIXEL_STD) must be finite and > 0, got {list(pixel_std)}"
             )
+        one2many = getattr(getattr(transformer, "queries", None), "num_queries_one2many", 0)
+        if bool(one2many) != isinstance(criterion, HybridMatchingCriterion):
+            raise ValueError(
+                f"hybrid matching needs both halves: the transformer's one-to-many queries "
+                f"(num_queries_one2many, here {one2many}) and a HybridMatchingCriterion (here "
+                f"{type(criterion).__name__}); MODEL.DEFORMABLE_DETR.HYBRID_MATCHING sets both"
+            )
         self.backbone = backbone
         self.neck = neck
         self.position_embedding = position_embedding
@@ -133,6 +141,11 @@ class DeformableDETR(nn.Module):
             focal_alpha=c.FOCAL_ALPHA,
             focal_gamma=c.FOCAL_GAMMA,
         )
+        hybrid = c.HYBRID_MATCHING
+        if hybrid.NUM_QUERIES_ONE2MANY:
+            criterion = HybridMatchingCriterion(
+                criterion, hybrid.K_ONE2MANY, hybrid.LAMBDA_ONE2MANY
+            )
         return dict(
             backbone=backbone,
             neck=build_neck(cfg, backbone.output_shape()),
@@ -181,10 +194,21 @@ class DeformableDETR(nn.Module):
             mask[i, :h, :w] = False
         return images, mask
 
+    def _set_outputs(self, logits: torch.Tensor, boxes: torch.Tensor) -> Dict:
+        """Every layer's (J, N, Q, K) logits and (J, N, Q, 4) boxes as the criterion takes them:
+        the last layer's, and the earlier ones' as "aux_outputs"."""
+        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            outputs["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ]
+        return outputs
+
     def predict(self, images: ImageList, mask: torch.Tensor) -> Dict:
         """The network's raw outputs: "pred_logits" (N, Q, K), "pred_boxes" (N, Q, 4) normalised
         cxcywh of the last layer; "aux_outputs" for the earlier layers; "enc_outputs" for the
-        two-stage proposals."""
+        two-stage proposals; "one2many", the same for hybrid matching's extra queries (training
+        only)."""
         invariant = self.batch_invariant_inference and not self.training
         if invariant:
             srcs, masks = features_per_image(self.backbone, self.neck, images, mask)
@@ -192,14 +216,11 @@ class DeformableDETR(nn.Module):
             srcs, masks = self.neck(self.backbone(images.tensor), mask)
         pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
         out = self.transformer(srcs, masks, pos, rank_padding=not invariant)
-        logits, boxes = out["logits"], out["boxes"]  # (J, N, Q, K), (J, N, Q, 4)
-        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            outputs["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
-            ]
+        outputs = self._set_outputs(out["logits"], out["boxes"])
         if "proposals" in out:
             outputs["enc_outputs"] = out["proposals"]
+        if "one2many" in out:
+            outputs["one2many"] = self._set_outputs(**out["one2many"])
         return outputs
 
     def forward(self, batched_inputs: List[Dict]):
@@ -223,7 +244,7 @@ class DeformableDETR(nn.Module):
             # the instances are checked above, with the images: a SetCriterion need not read
             # their values back a second time
             criterion = self.criterion
-            if isinstance(criterion, SetCriterion):
+            if isinstance(criterion, (SetCriterion, HybridMatchingCriterion)):
                 criterion = criterion.compute
             return criterion(outputs, targets)
         results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)

@@ -47,6 +47,7 @@ _SIZES = (
     ("enc_n_points", "ENC_N_POINTS", 1),
     ("dec_n_points", "DEC_N_POINTS", 1),
     ("two_stage_num_proposals", "TWO_STAGE_NUM_PROPOSALS", 1),
+    ("num_queries_one2many", "HYBRID_MATCHING.NUM_QUERIES_ONE2MANY", 0),
 )
 
 
@@ -81,6 +82,11 @@ class DeformableTransformer(nn.Module):
         with_box_refine: iterative box refinement (DetectionHeads). two_stage: encoder
             proposals become the queries (ObjectQueries).
         deterministic_backward: every MSDeformAttn's `deterministic` (CUDA, Triton kernels).
+        num_queries_one2many: hybrid matching's one-to-many queries, used in training only
+            (0: none); their outputs come as "one2many" (hybrid_matching.py).
+        mixed_query_selection: two-stage: learned content queries (ObjectQueries).
+        look_forward_twice: box refinement: gradient through the previous layer's undetached
+            boxes (DeformableDecoder).
     """
 
     @configurable
@@ -103,6 +109,9 @@ class DeformableTransformer(nn.Module):
         two_stage=False,
         two_stage_num_proposals=300,
         deterministic_backward=False,
+        num_queries_one2many=0,
+        mixed_query_selection=False,
+        look_forward_twice=False,
     ):
         super().__init__()
         _check_sizes(
@@ -117,7 +126,18 @@ class DeformableTransformer(nn.Module):
             enc_n_points=enc_n_points,
             dec_n_points=dec_n_points,
             two_stage_num_proposals=two_stage_num_proposals,
+            num_queries_one2many=num_queries_one2many,
         )
+        if mixed_query_selection and not two_stage:
+            raise ValueError(
+                "mixed_query_selection (MIXED_QUERY_SELECTION) selects two-stage proposals: it "
+                "needs two_stage (TWO_STAGE) True"
+            )
+        if look_forward_twice and not with_box_refine:
+            raise ValueError(
+                "look_forward_twice (LOOK_FORWARD_TWICE) passes gradient between refined boxes: "
+                "it needs with_box_refine (WITH_BOX_REFINE) True"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout (DROPOUT) must be in [0, 1), got {dropout!r}")
         if activation not in ACTIVATIONS:
@@ -139,10 +159,16 @@ class DeformableTransformer(nn.Module):
             n_heads=nhead,
         )
         self.encoder = DeformableEncoder(num_encoder_layers, n_points=enc_n_points, **common)
-        self.decoder = DeformableDecoder(num_decoder_layers, n_points=dec_n_points, **common)
+        self.decoder = DeformableDecoder(
+            num_decoder_layers, look_forward_twice, n_points=dec_n_points, **common
+        )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.queries = ObjectQueries(
-            d_model, two_stage_num_proposals if two_stage else num_queries, two_stage
+            d_model,
+            two_stage_num_proposals if two_stage else num_queries,
+            two_stage,
+            num_queries_one2many,
+            mixed_query_selection,
         )
         self.reset_parameters()
         for m in self.modules():
@@ -172,6 +198,9 @@ class DeformableTransformer(nn.Module):
             two_stage=c.TWO_STAGE,
             two_stage_num_proposals=c.TWO_STAGE_NUM_PROPOSALS,
             deterministic_backward=c.DETERMINISTIC_BACKWARD,
+            num_queries_one2many=c.HYBRID_MATCHING.NUM_QUERIES_ONE2MANY,
+            mixed_query_selection=c.MIXED_QUERY_SELECTION,
+            look_forward_twice=c.LOOK_FORWARD_TWICE,
         )
 
     def reset_parameters(self):
@@ -203,13 +232,20 @@ class DeformableTransformer(nn.Module):
         Returns:
             dict with "logits" (J, N, Q, K) and "boxes" (J, N, Q, 4) normalised cxcywh of every
             decoder layer; in two-stage mode also "proposals": {"pred_logits": (N, S, K),
-            "pred_boxes": (N, S, 4)} of every encoder pixel.
+            "pred_boxes": (N, S, 4)} of every encoder pixel; in training with hybrid matching
+            also "one2many": {"logits", "boxes"} of the one-to-many queries (Q: the one-to-one
+            queries then).
         """
         src, pos, levels = flatten_levels(srcs, masks, pos_embeds, self.level_embed)
         memory = self.encoder(src, pos, levels)
         queries = self.queries(memory, levels, self.heads, rank_padding)
         logits, boxes = self.decoder(queries, memory, levels, self.heads)
         out = {"logits": logits, "boxes": boxes}
+        if self.training and self.queries.num_queries_one2many:
+            # the groups, one-to-one first: (J, N, Q_1 + Q_2, .) -> (J, N, Q_1, .), (J, N, Q_2, .)
+            one2one = self.queries.num_queries
+            out = {"logits": logits[:, :, :one2one], "boxes": boxes[:, :, :one2one]}
+            out["one2many"] = {"logits": logits[:, :, one2one:], "boxes": boxes[:, :, one2one:]}
         if queries.proposals is not None:
             out["proposals"] = queries.proposals
         return out

@@ -116,17 +116,19 @@ class DeformableDecoderLayer(nn.Module):
         spatial_shapes,
         level_start_index,
         memory_padding_mask=None,
+        self_attn_mask=None,
     ):
         """
         Args:
             tgt, query_pos: (N, Q, C). reference_points: (N, Q, L, 2) or (N, Q, L, 4).
             memory: (N, S, C); spatial_shapes: (L, 2); level_start_index: (L,);
-            memory_padding_mask: (N, S) bool.
+            memory_padding_mask: (N, S) bool; self_attn_mask: (Q, Q) bool, True where a query
+                may not attend (hybrid matching's groups).
         Returns:
             (N, Q, C).
         """
         q = k = with_pos(tgt, query_pos)
-        attended = self.self_attn(q, k, tgt, need_weights=False)[0]
+        attended = self.self_attn(q, k, tgt, need_weights=False, attn_mask=self_attn_mask)[0]
         tgt = self.norm2(tgt + self.dropout2(attended))
         attended = self.cross_attn(
             with_pos(tgt, query_pos),
