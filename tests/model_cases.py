@@ -17,6 +17,8 @@ RELEASED_CONFIGS = (
     "ddetr_r50_two_stage.yaml",
 )
 ALL_CONFIGS = RELEASED_CONFIGS + ("ddetr_r50_fpn.yaml",)
+# H-Deformable-DETR's additions (issue 20): the "tricks" alone, and with hybrid matching
+HDETR_CONFIGS = ("ddetr_r50_plus_12ep.yaml", "hdetr_r50_12ep.yaml")
 # The configs on Detectron2's newer backbones, with keys that shrink each backbone for fast tests
 # (same structure: every stage, window attention, pooling, squeeze-excitation; fewer and narrower
 # blocks) and need no ImageNet file.

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from deformable_detr.export.compare import compare_detections
-from model_cases import ALL_CONFIGS, BACKBONE_CONFIGS, NO_WEIGHTS, RELEASED_CONFIGS, build, image
+from model_cases import (
+    ALL_CONFIGS,
+    BACKBONE_CONFIGS,
+    HDETR_CONFIGS,
+    NO_WEIGHTS,
+    RELEASED_CONFIGS,
+    build,
+    image,
+)
 
 # (h, w): landscape, portrait, landscape again (grouped with the first), near-square; each large
 # enough that two-stage keeps its 300 proposals on the image itself (see docs/model.md)
@@ -36,9 +44,9 @@ def _raw(model, inputs):
     return result
 
 
-# the released configs, and each newer backbone (shrunk): Swin and MViT pad inside, RegNet as the
-# ResNet, ViT every image to its square
-CASES = [(name, ()) for name in ALL_CONFIGS] + [
+# the released configs, H-Deformable-DETR's, and each newer backbone (shrunk): Swin and MViT pad
+# inside, RegNet as the ResNet, ViT every image to its square
+CASES = [(name, ()) for name in ALL_CONFIGS + HDETR_CONFIGS] + [
     (name, (*opts, *NO_WEIGHTS)) for name, opts in sorted(BACKBONE_CONFIGS.items())
 ]
 
