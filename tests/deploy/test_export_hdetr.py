@@ -26,19 +26,13 @@ from deformable_detr.export import (
     run_torchscript,
 )
 from export_cases import SHALLOW, assert_agree
-from model_cases import build, image
+from model_cases import FEWER_QUERIES, build, image
 from ms_deform_attn_cases import requires_extension
 
 pytest.importorskip("onnxruntime")
 
 SIZES = ((256, 320), (224, 352))  # the traced size, then another for the dynamic ONNX graph
 HDETR = "hdetr_r50_12ep.yaml"
-FEWER_QUERIES = (
-    "MODEL.DEFORMABLE_DETR.TWO_STAGE_NUM_PROPOSALS",
-    "30",
-    "MODEL.DEFORMABLE_DETR.HYBRID_MATCHING.NUM_QUERIES_ONE2MANY",
-    "150",
-)
 
 
 @pytest.fixture(scope="module")
