@@ -49,6 +49,27 @@ RELEASES = {
         "ddetr_r50_two_stage.yaml",
     ),
 }
+# H-Deformable-DETR's R50 releases (HDETR/H-Deformable-DETR, a fork of the authors' code): name ->
+# (their module tree's extra arguments, the args their main.py stores that define the variant)
+_HDETR_TREE = dict(num_feature_levels=4, dilation=False, with_box_refine=True, two_stage=True)
+_HDETR_ARGS = dict(**_HDETR_TREE, dim_feedforward=2048, num_queries_one2one=300)
+HDETR_RELEASES = {
+    "hdetr_baseline": (
+        dict(_HDETR_TREE, dim_feedforward=2048),
+        dict(_HDETR_ARGS, num_queries_one2many=0, k_one2many=0, mixed_selection=False,
+             look_forward_twice=False, dropout=0.1),
+    ),
+    "hdetr_tricks": (
+        dict(_HDETR_TREE, dim_feedforward=2048, content_queries=300),
+        dict(_HDETR_ARGS, num_queries_one2many=0, k_one2many=0, mixed_selection=True,
+             look_forward_twice=True, dropout=0.0),
+    ),
+    "hdetr_hybrid": (
+        dict(_HDETR_TREE, dim_feedforward=2048, content_queries=1800),
+        dict(_HDETR_ARGS, num_queries_one2many=1500, k_one2many=6, lambda_one2many=1.0,
+             mixed_selection=True, look_forward_twice=True, dropout=0.0),
+    ),
+}  # fmt: skip
 CLASS_ROWS = 91
 HEAD_OFFSET = 1000.0  # class head h holds row i filled with the value i + h * HEAD_OFFSET
 
@@ -62,25 +83,25 @@ def _deform_attn(levels):
     return m
 
 
-def _ffn_and_norms(m, norms):
-    m.linear1 = nn.Linear(256, 1024)
-    m.linear2 = nn.Linear(1024, 256)
+def _ffn_and_norms(m, norms, ffn):
+    m.linear1 = nn.Linear(256, ffn)
+    m.linear2 = nn.Linear(ffn, 256)
     for name in norms:
         setattr(m, name, nn.LayerNorm(256))
     return m
 
 
-def _encoder_layer(levels):
+def _encoder_layer(levels, ffn):
     m = nn.Module()
     m.self_attn = _deform_attn(levels)
-    return _ffn_and_norms(m, ("norm1", "norm2"))
+    return _ffn_and_norms(m, ("norm1", "norm2"), ffn)
 
 
-def _decoder_layer(levels):
+def _decoder_layer(levels, ffn):
     m = nn.Module()
     m.cross_attn = _deform_attn(levels)
     m.self_attn = nn.MultiheadAttention(256, 8)
-    return _ffn_and_norms(m, ("norm1", "norm2", "norm3"))
+    return _ffn_and_norms(m, ("norm1", "norm2", "norm3"), ffn)
 
 
 def _box_mlp():
@@ -89,8 +110,16 @@ def _box_mlp():
     return m
 
 
-def released_tree(num_feature_levels, dilation, with_box_refine, two_stage):
-    """The released model's module tree on the meta device (names and shapes only)."""
+def released_tree(
+    num_feature_levels,
+    dilation,
+    with_box_refine,
+    two_stage,
+    dim_feedforward=1024,
+    content_queries=0,
+):
+    """The released model's module tree on the meta device (names and shapes only); H-DETR's with
+    its FFN width and, with mixed query selection, its learned content queries."""
     levels = num_feature_levels
     with torch.device("meta"):
         root = nn.Module()
@@ -118,14 +147,20 @@ def released_tree(num_feature_levels, dilation, with_box_refine, two_stage):
         transformer = root.transformer = nn.Module()
         transformer.level_embed = nn.Parameter(torch.empty(levels, 256))
         transformer.encoder = nn.Module()
-        transformer.encoder.layers = nn.ModuleList(_encoder_layer(levels) for _ in range(6))
+        transformer.encoder.layers = nn.ModuleList(
+            _encoder_layer(levels, dim_feedforward) for _ in range(6)
+        )
         transformer.decoder = nn.Module()
-        transformer.decoder.layers = nn.ModuleList(_decoder_layer(levels) for _ in range(6))
+        transformer.decoder.layers = nn.ModuleList(
+            _decoder_layer(levels, dim_feedforward) for _ in range(6)
+        )
         if two_stage:
             transformer.enc_output = nn.Linear(256, 256)
             transformer.enc_output_norm = nn.LayerNorm(256)
             transformer.pos_trans = nn.Linear(512, 512)
             transformer.pos_trans_norm = nn.LayerNorm(512)
+            if content_queries:  # H-DETR's mixed selection: one row per query, both groups
+                root.query_embed = nn.Embedding(content_queries, 256)
         else:
             transformer.reference_points = nn.Linear(256, 2)
             root.query_embed = nn.Embedding(300, 512)
@@ -146,7 +181,7 @@ def released_tree(num_feature_levels, dilation, with_box_refine, two_stage):
 
 def released_meta_state_dict(name):
     """The released state dict of a variant on the meta device: names and shapes, no values."""
-    return released_tree(**RELEASES[name][0]).state_dict()
+    return released_tree(**_tree_args(name)).state_dict()
 
 
 def released_shapes(name):
@@ -167,6 +202,10 @@ def random_value(name, shape, generator):
         fan_in = math.prod(shape[1:])
         return torch.randn(shape, generator=generator).div_(math.sqrt(fan_in))
     return torch.randn(shape, generator=generator).mul_(0.1)
+
+
+def _tree_args(name):
+    return RELEASES[name][0] if name in RELEASES else HDETR_RELEASES[name][0]
 
 
 def released_args(name, **overrides):
@@ -217,7 +256,7 @@ def released_args(name, **overrides):
         dist_url="env://",
         dist_backend="nccl",
     )
-    fields.update(RELEASES[name][0])
+    fields.update(RELEASES[name][0] if name in RELEASES else HDETR_RELEASES[name][1])
     fields.update(overrides)
     return argparse.Namespace(**fields)
 
@@ -227,7 +266,7 @@ def released_checkpoint(name, seed=0, with_args=True):
     several names hold the same tensor, as in the authors' files), "optimizer", "lr_scheduler",
     "epoch" and (optionally) "args"."""
     generator = torch.Generator().manual_seed(seed)
-    tree = released_tree(**RELEASES[name][0])
+    tree = released_tree(**_tree_args(name))
     by_module_tensor, model = {}, OrderedDict()
     for key, meta in tree.state_dict(keep_vars=True).items():
         if id(meta) not in by_module_tensor:

@@ -33,7 +33,14 @@ from .official import (
     load_official_checkpoint,
     official_to_detectron2_name,
 )
-from .official_layout import RELEASED_VARIANTS, Variant, detect_variant, released_layout
+from .official_layout import (
+    HDETR_VARIANTS,
+    KNOWN_VARIANTS,
+    RELEASED_VARIANTS,
+    Variant,
+    detect_variant,
+    released_layout,
+)
 from .regnet import (
     PYCLS_REGNET,
     TORCHVISION_REGNET,
@@ -55,6 +62,8 @@ __all__ = [
     "BackboneVariant",
     "MVIT",
     "PYCLS_REGNET",
+    "HDETR_VARIANTS",
+    "KNOWN_VARIANTS",
     "RELEASED_VARIANTS",
     "SWIN",
     "TORCHVISION_REGNET",

@@ -164,7 +164,7 @@ def convert_official_checkpoint(
     save_detectron2_checkpoint(
         output_path,
         converted,
-        author=f"fundamentalvision/Deformable-DETR ({found.name}), converted for Detectron2",
+        author=f"{found.source} ({found.name}), converted for Detectron2",
         # the rows' classes, in Detectron2's contiguous order (coco_category_ids)
         class_names=MetadataCatalog.get("coco_2017_val").thing_classes,
     )

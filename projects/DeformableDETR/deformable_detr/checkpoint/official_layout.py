@@ -1,6 +1,9 @@
 """The released Deformable DETR checkpoints (fundamentalvision/Deformable-DETR): their five
 variants, how to tell them apart, and the exact layout (names and shapes) of their state dicts as
-the authors' code builds them.
+the authors' code builds them. H-Deformable-DETR's R50 checkpoints (HDETR/H-Deformable-DETR, a
+fork with the same names) are three more variants: F = 2048, and with mixed query selection a
+learned content query_embed (Q_c, C) in two-stage mode, Q_c = 300 one-to-one + the one-to-many
+queries; the one-to-many queries own no other weight (no "_one2many" name).
 
 Shapes: C = 256 model width, F = 1024 FFN width, M = 8 heads, P = 4 sampling points, L feature
 levels (1 or 4), Q = 300 queries, K = 91 class rows (row i = COCO category id i; row 0 and the
@@ -15,7 +18,7 @@ repeat the heads (the same modules, registered twice).
 """
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 from .files import Layout
 from .torchvision_resnet import torchvision_resnet_layout
@@ -25,6 +28,8 @@ __all__ = [
     "BACKBONE_PREFIX",
     "CLASS_ROWS",
     "DEC_LAYERS",
+    "HDETR_VARIANTS",
+    "KNOWN_VARIANTS",
     "RELEASED_VARIANTS",
     "Variant",
     "detect_variant",
@@ -35,7 +40,14 @@ C, F, M, P, Q, CLASS_ROWS, DEC_LAYERS, ENC_LAYERS = 256, 1024, 8, 4, 300, 91, 6,
 BACKBONE_PREFIX = "backbone.0.body."
 ALIAS_PREFIXES = ("transformer.decoder.class_embed.", "transformer.decoder.bbox_embed.")
 _BACKBONE_CHANNELS = {1: (2048,), 4: (512, 1024, 2048)}  # C5 only, or C3-C5
-_FIELDS = ("num_feature_levels", "dilation", "with_box_refine", "two_stage")
+_FIELDS = (
+    "num_feature_levels",
+    "dilation",
+    "with_box_refine",
+    "two_stage",
+    "dim_feedforward",
+    "content_queries",
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,11 @@ class Variant:
     dilation: bool  # DC5
     with_box_refine: bool
     two_stage: bool
-    box_ap: float  # released COCO val box AP
+    box_ap: float  # released COCO val box AP (H-DETR's: at 12 epochs)
+    dim_feedforward: int = F  # the FFN width (linear1's rows)
+    content_queries: int = 0  # Q_c rows of the learned content queries (mixed query selection)
+    source: str = "fundamentalvision/Deformable-DETR"
+    opts: Tuple[str, ...] = ()  # config keys to add to `config`
 
     @property
     def num_heads(self) -> int:
@@ -63,7 +79,40 @@ RELEASED_VARIANTS = (
     Variant("box_refine", "ddetr_r50_box_refine.yaml", 4, False, True, False, 46.2),
     Variant("two_stage", "ddetr_r50_two_stage.yaml", 4, False, True, True, 46.9),
 )
-_BY_NAME = {v.name: v for v in RELEASED_VARIANTS}
+_HDETR = dict(dim_feedforward=2048, source="HDETR/H-Deformable-DETR")
+HDETR_VARIANTS = (
+    Variant(
+        "hdetr_baseline",
+        "ddetr_r50_two_stage.yaml",
+        *(4, False, True, True, 43.7),
+        **_HDETR,
+        opts=("MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD", "2048"),
+    ),
+    Variant(
+        "hdetr_tricks",
+        "ddetr_r50_plus_12ep.yaml",
+        4,
+        False,
+        True,
+        True,
+        47.0,
+        **_HDETR,
+        content_queries=300,
+    ),  # fmt: skip
+    Variant(
+        "hdetr_hybrid",
+        "hdetr_r50_12ep.yaml",
+        4,
+        False,
+        True,
+        True,
+        48.7,
+        **_HDETR,
+        content_queries=1800,
+    ),  # fmt: skip
+)
+KNOWN_VARIANTS = RELEASED_VARIANTS + HDETR_VARIANTS
+_BY_NAME = {v.name: v for v in KNOWN_VARIANTS}
 
 
 def _linear(prefix: str, fan_in: int, fan_out: int) -> Layout:
@@ -83,20 +132,20 @@ def _deform_attn(prefix: str, levels: int) -> Layout:
     }
 
 
-def _ffn(prefix: str) -> Layout:
-    return {**_linear(f"{prefix}.linear1", C, F), **_linear(f"{prefix}.linear2", F, C)}
+def _ffn(prefix: str, ffn: int) -> Layout:
+    return {**_linear(f"{prefix}.linear1", C, ffn), **_linear(f"{prefix}.linear2", ffn, C)}
 
 
-def _encoder_layer(prefix: str, levels: int) -> Layout:
+def _encoder_layer(prefix: str, levels: int, ffn: int) -> Layout:
     return {
         **_deform_attn(f"{prefix}.self_attn", levels),
         **_norm(f"{prefix}.norm1", C),
-        **_ffn(prefix),
+        **_ffn(prefix, ffn),
         **_norm(f"{prefix}.norm2", C),
     }
 
 
-def _decoder_layer(prefix: str, levels: int) -> Layout:
+def _decoder_layer(prefix: str, levels: int, ffn: int) -> Layout:
     # self_attn is torch.nn.MultiheadAttention: packed q, k, v input projection
     return {
         **_deform_attn(f"{prefix}.cross_attn", levels),
@@ -105,7 +154,7 @@ def _decoder_layer(prefix: str, levels: int) -> Layout:
         f"{prefix}.self_attn.in_proj_bias": (3 * C,),
         **_linear(f"{prefix}.self_attn.out_proj", C, C),
         **_norm(f"{prefix}.norm2", C),
-        **_ffn(prefix),
+        **_ffn(prefix, ffn),
         **_norm(f"{prefix}.norm3", C),
     }
 
@@ -142,10 +191,11 @@ def released_layout(variant: Variant) -> Layout:
     layout = {BACKBONE_PREFIX + k: s for k, s in torchvision_resnet_layout(50).items()}
     layout.update(_input_proj(levels))
     layout["transformer.level_embed"] = (levels, C)
+    ffn = variant.dim_feedforward
     for n in range(ENC_LAYERS):
-        layout.update(_encoder_layer(f"transformer.encoder.layers.{n}", levels))
+        layout.update(_encoder_layer(f"transformer.encoder.layers.{n}", levels, ffn))
     for n in range(DEC_LAYERS):
-        layout.update(_decoder_layer(f"transformer.decoder.layers.{n}", levels))
+        layout.update(_decoder_layer(f"transformer.decoder.layers.{n}", levels, ffn))
     if variant.two_stage:
         layout.update(
             {
@@ -155,6 +205,8 @@ def released_layout(variant: Variant) -> Layout:
                 **_norm("transformer.pos_trans_norm", 2 * C),
             }
         )
+        if variant.content_queries:
+            layout["query_embed.weight"] = (variant.content_queries, C)
     else:
         layout.update(_linear("transformer.reference_points", C, 2))
         layout["query_embed.weight"] = (Q, 2 * C)
@@ -193,13 +245,30 @@ def _from_keys(state_dict: Mapping) -> dict:
             "not a Deformable DETR state dict: it has neither transformer.level_embed nor "
             f"input_proj.* (keys start with {[str(k) for k in list(state_dict)[:4]]})"
         )
+    two_stage = "transformer.enc_output.weight" in state_dict
+    linear1 = state_dict.get("transformer.encoder.layers.0.linear1.weight")
+    query_embed = state_dict.get("query_embed.weight")
     return {
         "num_feature_levels": levels,
-        "two_stage": "transformer.enc_output.weight" in state_dict,
+        "two_stage": two_stage,
         "with_box_refine": any(
             isinstance(k, str) and k.startswith(ALIAS_PREFIXES[1]) for k in state_dict
         ),
+        "dim_feedforward": linear1.shape[0] if getattr(linear1, "ndim", 0) == 2 else F,
+        # two-stage with mixed query selection: the learned content queries
+        "content_queries": (
+            query_embed.shape[0] if two_stage and getattr(query_embed, "ndim", 0) == 2 else 0
+        ),
     }
+
+
+def _from_args(args) -> dict:
+    """The fields the stored args state: the authors' and H-DETR's main.py arguments."""
+    found = {field: _arg(args, field) for field in _FIELDS if field != "content_queries"}
+    if _arg(args, "mixed_selection") is not None and _arg(args, "two_stage"):
+        rows = (_arg(args, "num_queries_one2one") or 0) + (_arg(args, "num_queries_one2many") or 0)
+        found["content_queries"] = rows if _arg(args, "mixed_selection") else 0
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None) -> Variant:
@@ -208,17 +277,14 @@ def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None
     The keys tell the number of levels (transformer.level_embed), two-stage
     (transformer.enc_output) and box refinement (the transformer.decoder.bbox_embed aliases). The
     authors' args (argparse.Namespace or dict, optional) add `dilation` (DC5), which no key shows,
-    and must agree with the keys. `variant` (a name of RELEASED_VARIANTS) is a choice by the user:
+    and must agree with the keys. `variant` (a name of KNOWN_VARIANTS) is a choice by the user:
     it must agree with both and settles DC5 when there are no args. Without args or `variant`,
     a single-scale state dict is refused as ambiguous; a multi-scale one is taken as undilated
     (every released multi-scale model is). Raises ValueError naming the disagreement.
     """
     found = _from_keys(state_dict)
     if args is not None:
-        for field in _FIELDS:
-            value = _arg(args, field)
-            if value is None:
-                continue
+        for field, value in _from_args(args).items():
             if field in found and found[field] != value:
                 raise ValueError(
                     f"the stored args say {field}={value!r} but the weights say "
@@ -244,10 +310,9 @@ def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None
                 "(--variant single_scale or --variant single_scale_dc5)"
             )
         found["dilation"] = False
-    for candidate in RELEASED_VARIANTS:
+    for candidate in KNOWN_VARIANTS:
         if all(getattr(candidate, f) == found[f] for f in _FIELDS):
             return candidate
     raise ValueError(
-        f"no released variant has {found}; the released ones are "
-        f"{[v.name for v in RELEASED_VARIANTS]}"
+        f"no released variant has {found}; the released ones are {[v.name for v in KNOWN_VARIANTS]}"
     )
