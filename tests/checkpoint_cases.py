@@ -4,8 +4,8 @@ authors' exact layout, filled with random values, and files whose unpickling wou
 The released layout is rebuilt here from module trees that mirror the authors' code
 (fundamentalvision/Deformable-DETR: models/deformable_detr.py, deformable_transformer.py,
 backbone.py, ops/modules/ms_deform_attn.py), independently of the converter's own table
-(deformable_detr.checkpoint.official_layout), so that each checks the other. Nothing is
-downloaded.
+(deformable_detr.checkpoint.official_layout), so that each checks the other; H-Deformable-DETR's
+(HDETR/H-Deformable-DETR) from their run's args, as their build(args) does. Nothing is downloaded.
 
 Shapes: C = 256, 91 class rows indexed by COCO category id, 300 queries, L levels.
 """
@@ -50,26 +50,46 @@ RELEASES = {
     ),
 }
 # H-Deformable-DETR's R50 releases (HDETR/H-Deformable-DETR, a fork of the authors' code): name ->
-# (their module tree's extra arguments, the args their main.py stores that define the variant)
-_HDETR_TREE = dict(num_feature_levels=4, dilation=False, with_box_refine=True, two_stage=True)
-_HDETR_ARGS = dict(**_HDETR_TREE, dim_feedforward=2048, num_queries_one2one=300)
+# the arguments of their run (their configs/two_stage/*/12eps/r50_*.sh); their model is built
+# from the args (hdetr_tree), as their build(args) does
+_HDETR_RUN = dict(
+    with_box_refine=True,
+    two_stage=True,
+    dim_feedforward=2048,
+    num_queries_one2one=300,
+    num_queries_one2many=0,
+    k_one2many=0,
+    epochs=12,
+    lr_drop=11,
+)
+_TRICKS = dict(dropout=0.0, mixed_selection=True, look_forward_twice=True)
 HDETR_RELEASES = {
-    "hdetr_baseline": (
-        dict(_HDETR_TREE, dim_feedforward=2048),
-        dict(_HDETR_ARGS, num_queries_one2many=0, k_one2many=0, mixed_selection=False,
-             look_forward_twice=False, dropout=0.1),
+    "hdetr_baseline": _HDETR_RUN,
+    "hdetr_tricks": dict(_HDETR_RUN, **_TRICKS),
+    "hdetr_hybrid": dict(
+        _HDETR_RUN, num_queries_one2many=1500, k_one2many=6, lambda_one2many=1.0, **_TRICKS
     ),
-    "hdetr_tricks": (
-        dict(_HDETR_TREE, dim_feedforward=2048, content_queries=300),
-        dict(_HDETR_ARGS, num_queries_one2many=0, k_one2many=0, mixed_selection=True,
-             look_forward_twice=True, dropout=0.0),
-    ),
-    "hdetr_hybrid": (
-        dict(_HDETR_TREE, dim_feedforward=2048, content_queries=1800),
-        dict(_HDETR_ARGS, num_queries_one2many=1500, k_one2many=6, lambda_one2many=1.0,
-             mixed_selection=True, look_forward_twice=True, dropout=0.0),
-    ),
-}  # fmt: skip
+}
+# their main.py's other arguments (defaults), which every file of theirs stores
+_HDETR_MAIN = dict(
+    num_feature_levels=4,
+    dilation=False,
+    dim_feedforward=2048,
+    dropout=0.1,
+    num_queries_one2one=300,
+    num_queries_one2many=0,
+    mixed_selection=False,
+    look_forward_twice=False,
+    k_one2many=5,
+    lambda_one2many=1.0,
+    topk=100,
+    pretrained_backbone_path="./swin_tiny_patch4_window7_224.pkl",
+    drop_path_rate=0.2,
+    eval_in_training_set=False,
+    use_fp16=False,
+    use_checkpoint=False,
+    use_wandb=False,
+)
 CLASS_ROWS = 91
 HEAD_OFFSET = 1000.0  # class head h holds row i filled with the value i + h * HEAD_OFFSET
 
@@ -179,9 +199,33 @@ def released_tree(
     return root
 
 
-def released_meta_state_dict(name):
-    """The released state dict of a variant on the meta device: names and shapes, no values."""
-    return released_tree(**_tree_args(name)).state_dict()
+def hdetr_tree(args):
+    """H-DETR's model as their build(args) makes it (models/deformable_detr.py): the authors' tree
+    with args.dim_feedforward and, two-stage with args.mixed_selection, the content queries
+    query_embed of num_queries_one2one + num_queries_one2many rows (the one-to-many queries have
+    no other module)."""
+    mixed = args.two_stage and args.mixed_selection
+    rows = args.num_queries_one2one + args.num_queries_one2many
+    return released_tree(
+        args.num_feature_levels,
+        args.dilation,
+        args.with_box_refine,
+        args.two_stage,
+        args.dim_feedforward,
+        rows if mixed else 0,
+    )
+
+
+def _tree(name, **overrides):
+    if name in RELEASES:
+        return released_tree(**RELEASES[name][0])
+    return hdetr_tree(released_args(name, **overrides))
+
+
+def released_meta_state_dict(name, **overrides):
+    """The released state dict of a variant on the meta device: names and shapes, no values
+    (H-DETR's: of their run's args with `overrides`)."""
+    return _tree(name, **overrides).state_dict()
 
 
 def released_shapes(name):
@@ -204,12 +248,9 @@ def random_value(name, shape, generator):
     return torch.randn(shape, generator=generator).mul_(0.1)
 
 
-def _tree_args(name):
-    return RELEASES[name][0] if name in RELEASES else HDETR_RELEASES[name][0]
-
-
 def released_args(name, **overrides):
-    """An argparse.Namespace as the authors' main.py stores it (a representative subset)."""
+    """An argparse.Namespace as the authors' main.py stores it (a representative subset); H-DETR's
+    (HDETR_RELEASES) as theirs does: their arguments in place of num_queries."""
     fields = dict(
         lr=2e-4,
         lr_backbone_names=["backbone.0"],
@@ -256,17 +297,22 @@ def released_args(name, **overrides):
         dist_url="env://",
         dist_backend="nccl",
     )
-    fields.update(RELEASES[name][0] if name in RELEASES else HDETR_RELEASES[name][1])
+    if name in RELEASES:
+        fields.update(RELEASES[name][0])
+    else:
+        del fields["num_queries"]
+        fields.update(_HDETR_MAIN, output_dir=f"exps/{name}", **HDETR_RELEASES[name])
     fields.update(overrides)
     return argparse.Namespace(**fields)
 
 
-def released_checkpoint(name, seed=0, with_args=True):
+def released_checkpoint(name, seed=0, with_args=True, **overrides):
     """A checkpoint dict in the released layout: "model" (random values; modules registered under
     several names hold the same tensor, as in the authors' files), "optimizer", "lr_scheduler",
-    "epoch" and (optionally) "args"."""
+    "epoch" and (optionally) "args" (H-DETR's: their run's with `overrides`, and the model
+    built from them)."""
     generator = torch.Generator().manual_seed(seed)
-    tree = released_tree(**_tree_args(name))
+    tree = _tree(name, **overrides)
     by_module_tensor, model = {}, OrderedDict()
     for key, meta in tree.state_dict(keep_vars=True).items():
         if id(meta) not in by_module_tensor:
@@ -299,7 +345,7 @@ def released_checkpoint(name, seed=0, with_args=True):
         "epoch": 49,
     }
     if with_args:
-        checkpoint["args"] = released_args(name)
+        checkpoint["args"] = released_args(name, **overrides)
     return checkpoint
 
 

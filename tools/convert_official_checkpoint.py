@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Converts a released Deformable DETR checkpoint (fundamentalvision/Deformable-DETR,
 *-checkpoint.pth, or H-Deformable-DETR's R50 files of the same layout) into a Detectron2
-checkpoint of this project and prints the config to use.
+checkpoint of this project and prints the config to use (with the keys it needs, if any).
 
 The file is read with torch.load(weights_only=True), only argparse.Namespace (the stored args)
 allowed; the variant is detected from the weights and the args; every key is checked and renamed,
@@ -10,6 +10,8 @@ epoch and args are dropped. Load the output as MODEL.WEIGHTS: no key is missing 
 
 Usage: python tools/convert_official_checkpoint.py --input r50_deformable_detr-checkpoint.pth \\
            --output output/ddetr_r50_official.pth [--variant multi_scale]
+       python tools/convert_official_checkpoint.py --output output/hdetr_r50_36ep.pth \\
+           --input r50_hybrid_branch_lambda1_group6_t1500_dp0_mqs_lft_[...]_two_stage_36eps.pth
 """
 
 import argparse
@@ -29,18 +31,39 @@ def _config(variant) -> str:
     return " ".join([f"configs/{variant.config}", *variant.opts])
 
 
-EPILOG = (
-    "released variants (name: config, COCO val box AP; H-DETR's at 12 epochs):\n"
-    + "\n".join(f"  {v.name}: {_config(v)}, {v.box_ap}" for v in KNOWN_VARIANTS)
-    + """
+def _published(variant) -> str:
+    return ", ".join(f"{ap} at {epochs} epochs" for epochs, ap in variant.published)
 
-H-Deformable-DETR's files (HDETR/H-Deformable-DETR: two-stage, refined, FFN 2048; the "tricks"
-add learned content queries, 300 rows, and hybrid matching 1,500 more) are told apart by their
-weights. Their 36-epoch files convert alike (49.0 and 50.0 AP for tricks and hybrid).
+
+def _box_ap(variant) -> str:
+    if variant.box_ap is None:
+        return (
+            "no published AP for this very run: its stored args differ from the release's, or "
+            f"are absent; the release's: {_published(variant)}"
+        )
+    if variant.epochs is not None:
+        return f"their COCO val box AP {variant.box_ap}, {variant.epochs} epochs"
+    return f"released COCO val box AP {variant.box_ap}"
+
+
+EPILOG = (
+    "released variants (name: config, COCO val box AP):\n"
+    + "\n".join(
+        f"  {v.name}: {_config(v)}, {_published(v) if v.published else v.box_ap}"
+        for v in KNOWN_VARIANTS
+    )
+    + """
 
 The variant is read from the weights (levels, two-stage, box refinement) and the stored args
 (args.dilation tells DC5). A single-scale file without args needs --variant, since DC5 changes no
 weight; a multi-scale file without args is taken as undilated (as every released one is).
+
+H-Deformable-DETR's R50 files (HDETR/H-Deformable-DETR; two-stage, refined, FFN 2048; "tricks":
+dropout 0, look forward twice and 300 learned content queries; "hybrid": 1,500 one-to-many
+queries more) are told apart by their weights. Their stored args pick the config of their
+schedule (the *_36ep twin for 36 epochs) and the keys a run of other settings needs (e.g.
+MODEL.DEFORMABLE_DETR.HYBRID_MATCHING.NUM_QUERIES_ONE2MANY 900 for a 300 + 900 run); args that
+disagree with the weights are refused. Their Swin files are not read.
 
 Weights released before 2020-12-07 predate the authors' fix of the sampling-offset
 normalisation in MSDeformAttn (their docs/changelog.md). They convert, but they were trained
@@ -69,9 +92,7 @@ def main(argv=None):
         variant = convert_official_checkpoint(args.input, args.output, args.variant)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(
-        f"variant: {variant.name} of {variant.source} (released COCO val box AP {variant.box_ap})"
-    )
+    print(f"variant: {variant.name} of {variant.source} ({_box_ap(variant)})")
     print(f"wrote: {args.output}")
     print(f"config: {_config(variant)}")
     print(

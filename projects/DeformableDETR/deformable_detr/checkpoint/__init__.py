@@ -1,8 +1,9 @@
-"""Checkpoint conversion: the authors' released Deformable DETR checkpoints, torchvision's
-ImageNet ResNet weights and the official ImageNet weights of Swin, MViTv2, ViT (MAE, DeiT) and
-RegNet (pycls, torchvision) -> Detectron2 checkpoints of this project's models (MODEL.WEIGHTS);
-reading every weights file without running code (files.py, safe_pickle.py), also for Detectron2's
-DetectionCheckpointer (detectron2_loading.py).
+"""Checkpoint conversion: the authors' released Deformable DETR checkpoints (and
+H-Deformable-DETR's R50 ones), torchvision's ImageNet ResNet weights and the official ImageNet
+weights of Swin, MViTv2, ViT (MAE, DeiT) and RegNet (pycls, torchvision) -> Detectron2
+checkpoints of this project's models (MODEL.WEIGHTS); reading every weights file without running
+code (files.py, safe_pickle.py), also for Detectron2's DetectionCheckpointer
+(detectron2_loading.py).
 
 Command-line front ends: tools/convert_official_checkpoint.py, tools/convert_torchvision_resnet.py,
 tools/convert_{swin,mvit,vit,regnet}.py.

@@ -1,5 +1,6 @@
 """Conversion of the released Deformable DETR checkpoints (fundamentalvision/Deformable-DETR,
-*-checkpoint.pth) to this project's Detectron2 models.
+*-checkpoint.pth) to this project's Detectron2 models; H-Deformable-DETR's R50 files
+(HDETR/H-Deformable-DETR) have the same layout and convert alike (see hdetr_layout.py).
 
 Shapes: K = 91 released class rows (row i = COCO category id i), K' = 80 contiguous COCO classes
 of Detectron2 (class j = the j-th category id in ascending order: id 1 -> 0, ..., id 90 -> 79),
@@ -154,7 +155,8 @@ def convert_official_checkpoint(
     """Reads a released checkpoint, detects its variant (see detect_variant; `variant` is the
     user's choice, needed for a single-scale file without args), converts its "model" and writes
     a Detectron2 checkpoint to `output_path` (optimizer, lr_scheduler, epoch and args dropped).
-    Returns the variant; load the output as MODEL.WEIGHTS with configs/<variant.config>."""
+    Returns the variant; load the output as MODEL.WEIGHTS with configs/<variant.config> and
+    the keys variant.opts."""
     checkpoint = load_official_checkpoint(input_path)
     try:
         found = detect_variant(checkpoint["model"], checkpoint.get("args"), variant)

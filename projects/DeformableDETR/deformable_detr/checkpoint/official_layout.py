@@ -1,9 +1,9 @@
 """The released Deformable DETR checkpoints (fundamentalvision/Deformable-DETR): their five
 variants, how to tell them apart, and the exact layout (names and shapes) of their state dicts as
 the authors' code builds them. H-Deformable-DETR's R50 checkpoints (HDETR/H-Deformable-DETR, a
-fork with the same names) are three more variants: F = 2048, and with mixed query selection a
-learned content query_embed (Q_c, C) in two-stage mode, Q_c = 300 one-to-one + the one-to-many
-queries; the one-to-many queries own no other weight (no "_one2many" name).
+fork with the same names) are three more variants (their settings: hdetr_layout.py): F = 2048,
+and with mixed query selection a learned content query_embed (Q_c, C) in two-stage mode,
+Q_c = Q_1 one-to-one + Q_2 one-to-many queries, which own no other weight (no "_one2many" name).
 
 Shapes: C = 256 model width, F = 1024 FFN width, M = 8 heads, P = 4 sampling points, L feature
 levels (1 or 4), Q = 300 queries, K = 91 class rows (row i = COCO category id i; row 0 and the
@@ -20,6 +20,7 @@ repeat the heads (the same modules, registered twice).
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
+from . import hdetr_layout
 from .files import Layout
 from .torchvision_resnet import torchvision_resnet_layout
 
@@ -52,7 +53,9 @@ _FIELDS = (
 
 @dataclass(frozen=True)
 class Variant:
-    """A released model: its name, this project's config, and the authors' args that define it."""
+    """A released model: its name, this project's config, and the authors' args that define it.
+    H-DETR's (hdetr_layout.resolve) add the config keys their file needs, its schedule when the
+    stored args tell it, and their published AP."""
 
     name: str
     config: str  # file name in configs/
@@ -60,11 +63,13 @@ class Variant:
     dilation: bool  # DC5
     with_box_refine: bool
     two_stage: bool
-    box_ap: float  # released COCO val box AP (H-DETR's: at 12 epochs)
+    box_ap: Optional[float]  # released COCO val box AP of this very model; None: not published
     dim_feedforward: int = F  # the FFN width (linear1's rows)
     content_queries: int = 0  # Q_c rows of the learned content queries (mixed query selection)
     source: str = "fundamentalvision/Deformable-DETR"
     opts: Tuple[str, ...] = ()  # config keys to add to `config`
+    epochs: Optional[int] = None  # the training schedule, where it matters (H-DETR's)
+    published: Tuple[Tuple[int, float], ...] = ()  # H-DETR's (epochs, AP) of this release
 
     @property
     def num_heads(self) -> int:
@@ -79,38 +84,37 @@ RELEASED_VARIANTS = (
     Variant("box_refine", "ddetr_r50_box_refine.yaml", 4, False, True, False, 46.2),
     Variant("two_stage", "ddetr_r50_two_stage.yaml", 4, False, True, True, 46.9),
 )
-_HDETR = dict(dim_feedforward=2048, source="HDETR/H-Deformable-DETR")
-HDETR_VARIANTS = (
-    Variant(
-        "hdetr_baseline",
-        "ddetr_r50_two_stage.yaml",
-        *(4, False, True, True, 43.7),
-        **_HDETR,
-        opts=("MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD", "2048"),
-    ),
-    Variant(
-        "hdetr_tricks",
-        "ddetr_r50_plus_12ep.yaml",
-        4,
-        False,
-        True,
-        True,
-        47.0,
-        **_HDETR,
-        content_queries=300,
-    ),  # fmt: skip
-    Variant(
-        "hdetr_hybrid",
-        "hdetr_r50_12ep.yaml",
-        4,
-        False,
-        True,
-        True,
-        48.7,
-        **_HDETR,
-        content_queries=1800,
-    ),  # fmt: skip
-)
+
+
+def _hdetr_variant(fields: dict, dim_feedforward: int, content_queries: int) -> Variant:
+    """An H-DETR model (two-stage with box refinement on 4 levels, as all of theirs)."""
+    return Variant(
+        fields["name"],
+        fields["config"],
+        *(4, False, True, True),
+        fields["box_ap"],
+        dim_feedforward,
+        content_queries,
+        hdetr_layout.SOURCE,
+        fields["opts"],
+        fields["epochs"],
+        fields["published"],
+    )
+
+
+def _hdetr_release(release: hdetr_layout.Release) -> Variant:
+    """A release of theirs, 12 epochs, as their main.py stores its args."""
+    settings = release.settings
+    rows = settings["num_queries_one2one"] + settings["num_queries_one2many"]
+    weights = {
+        "dim_feedforward": settings["dim_feedforward"],
+        "content_queries": rows if settings["mixed_selection"] else 0,
+    }
+    fields = hdetr_layout.resolve(weights, {**settings, "epochs": 12})
+    return _hdetr_variant(fields, **weights)
+
+
+HDETR_VARIANTS = tuple(_hdetr_release(r) for r in hdetr_layout.HDETR_RELEASES)
 KNOWN_VARIANTS = RELEASED_VARIANTS + HDETR_VARIANTS
 _BY_NAME = {v.name: v for v in KNOWN_VARIANTS}
 
@@ -263,25 +267,72 @@ def _from_keys(state_dict: Mapping) -> dict:
 
 
 def _from_args(args) -> dict:
-    """The fields the stored args state: the authors' and H-DETR's main.py arguments."""
+    """The fields the stored args state: the authors' and H-DETR's main.py arguments (H-DETR's
+    mixed_selection and query counts give query_embed's rows in two-stage mode)."""
     found = {field: _arg(args, field) for field in _FIELDS if field != "content_queries"}
-    if _arg(args, "mixed_selection") is not None and _arg(args, "two_stage"):
-        rows = (_arg(args, "num_queries_one2one") or 0) + (_arg(args, "num_queries_one2many") or 0)
-        found["content_queries"] = rows if _arg(args, "mixed_selection") else 0
+    mixed, one2one = _arg(args, "mixed_selection"), _arg(args, "num_queries_one2one")
+    if mixed is not None and one2one is not None and _arg(args, "two_stage"):
+        one2many = _arg(args, "num_queries_one2many") or 0
+        found["content_queries"] = one2one + one2many if mixed else 0
     return {k: v for k, v in found.items() if v is not None}
+
+
+def _is_hdetr(found: dict, args) -> bool:
+    """H-DETR's file: their args (num_queries_one2one, which the authors' main.py lacks), or
+    weights of none of the authors' models (a wider FFN, learned content queries in two-stage)."""
+    return (
+        (args is not None and _arg(args, "num_queries_one2one") is not None)
+        or found["dim_feedforward"] != F
+        or found["content_queries"] > 0
+    )
+
+
+def _detect_hdetr(found: dict, args, variant: Optional[str]) -> Variant:
+    backbone = None if args is None else _arg(args, "backbone")
+    if backbone not in (None, "resnet50"):
+        raise ValueError(
+            f"an H-Deformable-DETR file on {backbone!r}: only their ResNet-50 files are read "
+            f"(not yet their Swin ones)"
+        )
+    shape = dict(num_feature_levels=4, dilation=False, with_box_refine=True, two_stage=True)
+    if any(found.get(field, value) != value for field, value in shape.items()):
+        raise ValueError(
+            "H-Deformable-DETR's files are read for two-stage models with box refinement on 4 "
+            f"levels, as all their releases; this one has {found}"
+        )
+    fields = hdetr_layout.resolve(found, args)
+    if variant is not None and variant != fields["name"]:
+        raise ValueError(
+            f"variant {variant!r} was given, but the checkpoint is H-Deformable-DETR's "
+            f"{fields['name']!r} (dim_feedforward={found['dim_feedforward']}, "
+            f"content_queries={found['content_queries']})"
+        )
+    return _hdetr_variant(fields, found["dim_feedforward"], found["content_queries"])
 
 
 def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None) -> Variant:
     """The released variant a state dict belongs to.
 
     The keys tell the number of levels (transformer.level_embed), two-stage
-    (transformer.enc_output) and box refinement (the transformer.decoder.bbox_embed aliases). The
-    authors' args (argparse.Namespace or dict, optional) add `dilation` (DC5), which no key shows,
-    and must agree with the keys. `variant` (a name of KNOWN_VARIANTS) is a choice by the user:
-    it must agree with both and settles DC5 when there are no args. Without args or `variant`,
-    a single-scale state dict is refused as ambiguous; a multi-scale one is taken as undilated
-    (every released multi-scale model is). Raises ValueError naming the disagreement.
+    (transformer.enc_output), box refinement (the transformer.decoder.bbox_embed aliases), the
+    FFN width (linear1) and, two-stage, learned content queries (query_embed, H-DETR's mixed
+    selection). The authors' args (argparse.Namespace or dict, optional) add `dilation` (DC5),
+    which no key shows, and must agree with the keys. `variant` (a name of KNOWN_VARIANTS) is a
+    choice by the user: it must agree with both and settles DC5 when there are no args. Without
+    args or `variant`, a single-scale state dict is refused as ambiguous; a multi-scale one is
+    taken as undilated (every released multi-scale model is). H-DETR's files (their args, or
+    weights of none of the authors' models) go to hdetr_layout.resolve, which names the config
+    and the keys their settings need. Raises ValueError naming the disagreement.
     """
+    if variant is not None and variant not in _BY_NAME:
+        raise ValueError(f"variant must be one of {list(_BY_NAME)}, got {variant!r}")
+    if any(isinstance(k, str) and k.startswith(BACKBONE_PREFIX) for k in state_dict) and (
+        BACKBONE_PREFIX + "conv1.weight" not in state_dict
+    ):
+        raise ValueError(
+            f"the backbone ({BACKBONE_PREFIX}*) is not a ResNet-50, it has no conv1 (e.g. "
+            f"H-Deformable-DETR's Swin files): only ResNet-50 files are read"
+        )
     found = _from_keys(state_dict)
     if args is not None:
         for field, value in _from_args(args).items():
@@ -291,9 +342,9 @@ def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None
                     f"{field}={found[field]!r}"
                 )
             found[field] = value
+    if _is_hdetr(found, args):
+        return _detect_hdetr(found, args, variant)
     if variant is not None:
-        if variant not in _BY_NAME:
-            raise ValueError(f"variant must be one of {list(_BY_NAME)}, got {variant!r}")
         chosen = _BY_NAME[variant]
         for field, value in found.items():
             if getattr(chosen, field) != value:
@@ -310,7 +361,7 @@ def detect_variant(state_dict: Mapping, args=None, variant: Optional[str] = None
                 "(--variant single_scale or --variant single_scale_dc5)"
             )
         found["dilation"] = False
-    for candidate in KNOWN_VARIANTS:
+    for candidate in RELEASED_VARIANTS:
         if all(getattr(candidate, f) == found[f] for f in _FIELDS):
             return candidate
     raise ValueError(
