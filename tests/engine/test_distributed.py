@@ -130,8 +130,7 @@ def _machine(rank, port, *extra, output=None):
         ]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO, "tests"), env.get("PYTHONPATH", "")])
-    # CPU processes, as a user runs them: the suite's Triton interpreter (conftest) is not theirs,
-    # and under it about 1 run in 15 still aborted at exit after its work had ended
+    # CPU processes, as a user runs them: the suite's Triton interpreter (conftest) is not theirs
     env.pop("TRITON_INTERPRET", None)
     return subprocess.Popen(
         [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
