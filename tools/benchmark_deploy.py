@@ -3,7 +3,8 @@
 
 ddetr_r50 (random weights: time does not depend on them), batch 1, one 800x1333 image, through
 the single-image module that every export runs (deformable_detr.export.DetectionExportWrapper):
-eager float32, torch.compile (inductor), the AOTInductor package, ONNX Runtime and TorchScript.
+eager float32, torch.compile (inductor), the AOTInductor package (dynamic, and static at this
+size), ONNX Runtime and TorchScript.
 Each path is built once, run twice to warm up, then the paths take turns --repeat times (so that
 the machine's drift hits all alike). Prints the median time per image, its ratio to eager, the
 peak memory of one inference (growth of the resident set over the warm process, measured in a
@@ -13,7 +14,7 @@ compiled paths), ONNX Runtime by operator type. The machines are shared and
 noisy: compare the ratios, not absolute times across runs.
 
 Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333]
-           [--paths eager compile aoti onnx torchscript] [--no-memory]
+           [--paths eager compile aoti aoti_static onnx torchscript] [--no-memory]
 """
 
 import argparse
@@ -37,7 +38,7 @@ from deformable_detr import export  # noqa: E402
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-PATHS = ("eager", "compile", "aoti", "onnx", "torchscript")
+PATHS = ("eager", "compile", "aoti", "aoti_static", "onnx", "torchscript")
 
 
 def build_model_and_image(height, width):
@@ -76,9 +77,9 @@ def make_runner(name, model, image, folder, arena=True):
 
         def run(_):
             return session.run(list(export.ONNX_OUTPUTS), {export.ONNX_INPUT: array})
-    elif name == "aoti":
-        path = os.path.join(folder, "model.pt2")
-        export.export_aoti(model, image, path)
+    elif name in ("aoti", "aoti_static"):  # one package for every size, or this size's
+        path = os.path.join(folder, f"{name}.pt2")
+        export.export_aoti(model, image, path, dynamic=name == "aoti")
         package = torch._inductor.aoti_load_package(path)
         run = torch.no_grad()(package)
     else:

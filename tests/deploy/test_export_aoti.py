@@ -1,15 +1,15 @@
-"""Export to an AOTInductor package (.pt2): the package gives the eager model's detections, and
-runs without Detectron2.
+"""Export to an AOTInductor package (.pt2): one package gives the eager model's detections at
+every size in its range, and runs without Detectron2.
 
-The two-stage variant through export_aoti, and the multi-scale one through export_model.py
---format aoti end to end, with random weights and the depth of tests/deploy/test_export.py (1
-encoder and 2 decoder layers), on CPU. Each test compiles C++ with Inductor (about 1.5 minutes on 2
-cores), hence slow.
-The package is static: it is checked at the size it was exported at (deformable_detr/export/
-aoti.py says why), and run_aoti refuses another.
+Each released variant through export_aoti, checked at four sizes (the sample's, another aspect,
+the smallest side it takes, a tall one), and the multi-scale one through export_model.py --format
+aoti end to end, with random weights and the depth of tests/deploy/test_export.py (1 encoder and
+2 decoder layers), on CPU. Each test compiles C++ with Inductor (30-60 s on 2 cores), hence slow.
+run_aoti refuses an image outside the package's range of sides (deformable_detr/export/aoti.py).
 """
 
 import glob
+import logging
 import os
 import subprocess
 import sys
@@ -19,10 +19,18 @@ import pytest
 import torch
 from PIL import Image
 
-from deformable_detr.export import eager_detections, export_aoti, run_aoti
+from deformable_detr.export import (
+    SIDES_KEY,
+    eager_detections,
+    export_aoti,
+    package_sides,
+    run_aoti,
+    second_size,
+    symbolic_min_side,
+)
 from cli_cases import load_script
 from export_cases import SHALLOW, assert_agree
-from model_cases import build, image
+from model_cases import BACKBONE_CONFIGS, NO_WEIGHTS, RELEASED_CONFIGS, build, image
 from repo_paths import CONFIG_DIR, EXPORT_TOOL
 from ms_deform_attn_cases import requires_extension
 
@@ -92,16 +100,40 @@ def _assert_runs_without_detectron2(path, img, expected, tmp_path, what):
 
 @requires_extension
 @pytest.mark.slow
-def test_two_stage_aoti_package_matches_eager(tmp_path):
-    model = build("ddetr_r50_two_stage.yaml", SHALLOW).eval()
+@pytest.mark.parametrize("name", RELEASED_CONFIGS)
+def test_one_package_matches_eager_at_four_sizes(name, tmp_path):
+    model = build(name, SHALLOW).eval()
+    low = symbolic_min_side(model)
     img = image(*SIZE, 0)
-    expected = eager_detections(model, img)
     path = export_aoti(model, img, str(tmp_path / "model.pt2"))
-    assert_agree(expected, run_aoti(path, img), "two-stage aoti")
-    # the compiled code would return no detections for a smaller image, without an error
-    with pytest.raises(ValueError, match=r"of 256x320 pixels .* got an image of shape \(3, 224"):
+    assert torch._inductor.aoti_load_package(path).get_metadata()[SIDES_KEY] == f"{low}-1333"
+    for size in (SIZE, (224, 352), (low, 300), (400, 288)):
+        other = image(*size, 1)
+        assert_agree(eager_detections(model, other), run_aoti(path, other), f"{name} {size}")
+    # the compiled code checks no size itself: outside its range, it would give wrong boxes
+    for size in ((low - 1, 300), (300, 1334)):
+        with pytest.raises(ValueError, match=rf"sides from {low} to 1333 pixels; got"):
+            run_aoti(path, torch.zeros(3, *size))
+    if name == "ddetr_r50_two_stage.yaml":
+        expected = eager_detections(model, img)
+        _assert_runs_without_detectron2(path, img, expected, tmp_path, "two-stage aoti")
+
+
+@requires_extension
+@pytest.mark.slow
+def test_a_backbone_export_cannot_follow_gets_a_static_package(tmp_path, caplog):
+    """Swin pads to its windows by sizes torch.export cannot prove valid over a range: the
+    package is static, says so, and runs at its size only."""
+    opts = (*BACKBONE_CONFIGS["ddetr_swin_t.yaml"], *NO_WEIGHTS, *SHALLOW)
+    model = build("ddetr_swin_t.yaml", opts).eval()
+    img = image(*SIZE, 0)
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.export.aoti"):
+        path = export_aoti(model, img, str(tmp_path / "model.pt2"))
+    assert "cannot keep the image size symbolic through SwinTransformer" in caplog.text
+    assert package_sides(path) is None
+    assert_agree(eager_detections(model, img), run_aoti(path, img), "swin aoti")
+    with pytest.raises(ValueError, match=r"of 256x320 pixels and runs at that size only"):
         run_aoti(path, image(224, 352, 1))
-    _assert_runs_without_detectron2(path, img, expected, tmp_path, "two-stage aoti")
 
 
 @requires_extension
@@ -140,7 +172,11 @@ def test_export_tool_aoti_matches_eager(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert f"aoti vs eager on {SIZE}: 100 detections" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert f"aoti vs eager on {SIZE}: 100 detections" in out_text
+    # dynamic up to the config's longest side, and checked at a second size by the tool
+    assert f"aoti: dynamic, sides from 65 to {SIZE[1]} pixels" in out_text
+    assert f"aoti vs eager on {second_size(SIZE, 65)}: 100 detections" in out_text
     img = pixels.float()
     _assert_runs_without_detectron2(
         str(out / "model.pt2"), img, eager_detections(model, img), tmp_path, "multi-scale aoti"

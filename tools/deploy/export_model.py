@@ -14,15 +14,16 @@ operators only) has dynamic height and width, unless the backbone's trace fixes 
 (MViTv2): then the file's input has the sample's fixed size. A dynamic two-stage model takes
 images of at least a minimum side (its proposals are picked among the encoder's positions): the
 tool prints it, writes it in the file's metadata (min_image_side) and refuses a smaller sample.
-aoti writes an AOTInductor package (out/model.pt2: torch.export, then Inductor's compiled C++),
-static: exported at the sample image's size and only valid at that size (run_aoti refuses
-others); running it needs torch and the op's library, not Detectron2
-(torch.ops.load_library("deformable_detr/_C*.so"), or `import deformable_detr`, then
-torch._inductor.aoti_load_package). After writing, the tool runs the file (torch.jit.load,
-onnxruntime on the CPU, or aoti_load_package) on the sample image, and a dynamic ONNX file also
-at a second size (the sample resized), compares it with the eager model, prints the differences
-and exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the classes differ,
-or the file fails at the second size.
+aoti writes an AOTInductor package (out/model.pt2: torch.export, then Inductor's compiled C++)
+that takes every image with sides from a minimum (printed) to INPUT.MAX_SIZE_TEST, static on
+MViTv2 as ONNX is, and on Swin and ViT (torch.export cannot follow their padding symbolically);
+run_aoti refuses other sizes. Running it needs torch and the op's library,
+not Detectron2 (torch.ops.load_library("deformable_detr/_C*.so"), or `import deformable_detr`,
+then torch._inductor.aoti_load_package). After writing, the tool runs the file (torch.jit.load,
+onnxruntime on the CPU, or aoti_load_package) on the sample image, and a dynamic file also at a
+second size (the sample resized), compares it with the eager model, prints the differences and
+exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the classes differ, or
+the file fails at the second size.
 """
 
 import argparse
@@ -52,6 +53,8 @@ from deformable_detr.export import (  # noqa: E402
     fixed_size_reason,
     format_size,
     min_image_side,
+    package_sides,
+    symbolic_min_side,
     run_aoti,
     run_onnx,
     run_torchscript,
@@ -69,7 +72,8 @@ logger = logging.getLogger("deformable_detr.export")
 
 FORMATS = ("torchscript", "onnx", "aoti")
 FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}
-EXPORTERS = {"torchscript": export_torchscript, "onnx": export_onnx, "aoti": export_aoti}
+# each writes a model's file from a sample image; aoti's takes the largest side too (main)
+EXPORTERS = {"torchscript": export_torchscript, "onnx": export_onnx}
 # each runs a file on an image (3, H, W) tensor
 RUNNERS = {
     "torchscript": run_torchscript,
@@ -88,8 +92,8 @@ def get_parser():
         "--format",
         choices=FORMATS,
         default="torchscript",
-        help="torchscript and aoti (AOTInductor) are static: valid at the sample "
-        "image's size only; onnx has dynamic height and width (static on MViTv2)",
+        help="torchscript is static: valid at the sample image's size only; onnx and aoti "
+        "(AOTInductor) have dynamic height and width (static on MViTv2)",
     )
     parser.add_argument("--export-method", choices=("tracing",), default="tracing")
     parser.add_argument(
@@ -149,27 +153,37 @@ def check_at(fmt: str, path: str, image, expected) -> bool:
     return diff["ok"]
 
 
-def check_second_size(path: str, model, image) -> bool:
-    """A dynamic ONNX file checked at a second size (the sample image resized): a trace that
+def check_second_size(fmt: str, path: str, model, image) -> bool:
+    """A dynamic file checked at a second size (the sample image resized): an export that
     recorded the size as a constant passes at the sample's size only. False, with the reason on
     stderr, when it fails or disagrees there."""
-    size = second_size(tuple(image.shape[-2:]), min_image_side(model))
+    min_side = min_image_side(model) if fmt == "onnx" else symbolic_min_side(model)
+    size = second_size(tuple(image.shape[-2:]), min_side)
     other = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     expected = eager_detections(model, other)
     try:
-        if check_at("onnx", path, other, expected):
+        if check_at(fmt, path, other, expected):
             return True
         failure = "disagrees with the eager model"
-    except Exception as e:  # ONNX Runtime's errors share no base class; any is the finding
+    except Exception as e:  # the runtimes' errors share no base class; any is the finding
         failure = f"fails ({type(e).__name__}: {e})"
     print(
-        f"the ONNX file declares dynamic height and width but {failure} at {format_size(size)}: "
-        f"the model's trace fixed the image size somewhere (e.g. a backbone that computes sizes "
-        f"as Python ints); such a backbone must export at a fixed size "
-        f"(deformable_detr/export/sizes.py, fixed_size_reason)",
+        f"the {fmt} file declares dynamic height and width but {failure} at "
+        f"{format_size(size)}: the model's export fixed the image size somewhere (e.g. a "
+        f"backbone that computes sizes as Python ints); such a backbone must export at a fixed "
+        f"size (deformable_detr/export/sizes.py, fixed_size_reason)",
         file=sys.stderr,
     )
     return False
+
+
+def dynamic_line(fmt: str, path: str, model) -> str:
+    """What the dynamic file of fmt at path takes, as the tool prints it."""
+    if fmt == "aoti":
+        low, high = package_sides(path)
+        return f"aoti: dynamic, sides from {low} to {high} pixels"
+    side = min_image_side(model)
+    return "onnx: dynamic" + (f", images of at least {side} pixels a side" if side > 1 else "")
 
 
 def main(argv=None) -> int:
@@ -189,16 +203,23 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, FILE_NAMES[args.format])
     expected = eager_detections(model, image)
-    EXPORTERS[args.format](model, image, path)
+    # the longest side the test resize gives, or the sample's, if a config's is longer
+    max_side = max(cfg.INPUT.MAX_SIZE_TEST, *image.shape[-2:])
+    if args.format == "aoti":
+        export_aoti(model, image, path, max_side=max_side)
+    else:
+        EXPORTERS[args.format](model, image, path)
     logger.info(f"wrote {path}")
     ok = check_at(args.format, path, image, expected)
-    static = args.format != "onnx" or fixed_size_reason(model) is not None
+    if args.format == "aoti":
+        static = package_sides(path) is None  # Swin's and ViT's fall back to static (aoti.py)
+    else:
+        static = args.format == "torchscript" or fixed_size_reason(model) is not None
     if static:
         print(f"{args.format}: static, valid at {format_size(image.shape[1:])} only")
     else:
-        side = min_image_side(model)
-        print("onnx: dynamic" + (f", images of at least {side} pixels a side" if side > 1 else ""))
-        ok = check_second_size(path, model, image) and ok
+        print(dynamic_line(args.format, path, model))
+        ok = check_second_size(args.format, path, model, image) and ok
     if not ok:
         print(
             "the export disagrees with the eager model beyond scores 1e-4 / boxes 1e-2 px",

@@ -3,7 +3,7 @@ packages (torch.export), the image sizes each export takes, and comparison of an
 detections with the eager model's. Nothing here is imported by `import deformable_detr`; the ONNX
 symbolic is registered by export_onnx."""
 
-from .aoti import IMAGE_SIZE_KEY, export_aoti, run_aoti
+from .aoti import IMAGE_SIZE_KEY, MAX_SIDE, SIDES_KEY, export_aoti, package_sides, run_aoti
 from .compare import BOX_TOLERANCE_PX, SCORE_TOLERANCE, compare_detections, eager_detections
 from .exporting import (
     ONNX_INPUT,
@@ -16,18 +16,27 @@ from .exporting import (
     run_torchscript,
 )
 from .onnx_symbolic import ONNX_OPSET, register_ms_deform_attn_symbolic
-from .sizes import check_sample_size, fixed_size_reason, format_size, min_image_side, second_size
+from .sizes import (
+    check_sample_size,
+    fixed_size_reason,
+    format_size,
+    min_image_side,
+    second_size,
+    symbolic_min_side,
+)
 from .wrapper import DetectionExportWrapper
 
 __all__ = [
     "BOX_TOLERANCE_PX",
     "DetectionExportWrapper",
     "IMAGE_SIZE_KEY",
+    "MAX_SIDE",
     "ONNX_INPUT",
     "ONNX_MIN_SIDE_KEY",
     "ONNX_OPSET",
     "ONNX_OUTPUTS",
     "SCORE_TOLERANCE",
+    "SIDES_KEY",
     "check_sample_size",
     "compare_detections",
     "eager_detections",
@@ -38,9 +47,11 @@ __all__ = [
     "format_size",
     "min_image_side",
     "onnx_bytes",
+    "package_sides",
     "register_ms_deform_attn_symbolic",
     "run_aoti",
     "run_onnx",
     "run_torchscript",
     "second_size",
+    "symbolic_min_side",
 ]

@@ -9,95 +9,139 @@ torch.ops.load_library(".../deformable_detr/_C*.so") (or `import deformable_detr
 imports Detectron2) before torch._inductor.aoti_load_package; without the op, loading fails with
 "Could not find schema for deformable_detr::ms_deform_attn".
 
-The package is static: exported at one image size, it runs at that size only. run_aoti refuses
-other sizes, naming the package's (its metadata's IMAGE_SIZE_KEY). The compiled code does not
-check its input unless AOTI_RUNTIME_CHECK_INPUTS=1 is set: at another size it returns no
-detections (smaller image) or boxes cut at the exported size (larger), without an error, so a
-caller of aoti_load_package compares sizes itself. torch.export cannot keep the size symbolic
-through the model as written: detectron2's shapes_to_tensor
-(modeling/transformer.py and meta_arch.py) is torch.as_tensor outside torch.jit tracing, which
-records the sizes, and torch.linspace(..., steps=H) (modeling/encoder_decoder.py, two_stage.py)
-takes its steps as a plain int; both specialise height and width.
+One package serves every image whose sides lie in its range: torch.export keeps H and W symbolic
+(Dim) through the model, whose sizes are computed for that (modeling/symbolic_sizes.py), from
+sizes.symbolic_min_side (every level 2 pixels or more; a two-stage model's proposals fit) to
+max_side (INPUT.MAX_SIZE_TEST, the longest side of the test resize). A backbone that fixes the
+size (sizes.fixed_size_reason: MViTv2), or whose code torch.export cannot follow symbolically
+(Swin, ViT), gives a static package of the sample's size instead. The
+range is in the package's metadata (SIDES_KEY, or IMAGE_SIZE_KEY when static), and run_aoti
+refuses an image outside it: the compiled code does not check its input unless
+AOTI_RUNTIME_CHECK_INPUTS=1 is set, so a caller of aoti_load_package checks sizes itself.
 """
 
-from typing import Tuple
+import logging
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from detectron2.structures import ImageList
 from torch import nn
+from torch.export import Dim
 
-from .sizes import format_size
+from .sizes import fixed_size_reason, format_size, symbolic_min_side
 from .wrapper import DetectionExportWrapper
 
-__all__ = ["IMAGE_SIZE_KEY", "export_aoti", "run_aoti"]
+__all__ = ["IMAGE_SIZE_KEY", "MAX_SIDE", "SIDES_KEY", "export_aoti", "package_sides", "run_aoti"]
 
-# the package's metadata entry holding the image size it was exported at, "HxW"
+logger = logging.getLogger(__name__)
+
+# the package's metadata: "HxW" of a static package, "MIN-MAX" sides of a dynamic one
 IMAGE_SIZE_KEY = "deformable_detr.image_size"
+SIDES_KEY = "deformable_detr.sides"
+MAX_SIDE = 1333  # Detectron2's INPUT.MAX_SIZE_TEST, the longest side the test resize gives
 
 Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-class _AOTIWrapper(DetectionExportWrapper):
-    """DetectionExportWrapper with a batch-of-one preprocessing that torch.export can follow:
-    Detectron2's ImageList.from_tensors pads by amounts held in tensors, which export can only
-    read as data-dependent values (the feature sizes would then be unknown). One image needs no
-    padding when the backbone asks for none (ResNet's size_divisibility is 0), so the image is
-    its own batch and its mask is all valid, as from_tensors and preprocess_image give."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        backbone = self.model.backbone
-        if backbone.size_divisibility > 1 or backbone.padding_constraints:
-            raise ValueError(
-                f"the aoti export takes backbones that need no padding, got size_divisibility "
-                f"{backbone.size_divisibility} and padding_constraints "
-                f"{backbone.padding_constraints}"
-            )
-
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        model = self.model
-        h, w = image.shape[-2:]
-        x = (image.to(model.device) - model.pixel_mean) / model.pixel_std
-        images = ImageList(x.unsqueeze(0), [(h, w)])
-        mask = x.new_zeros((1, h, w), dtype=torch.bool)
-        outputs = model.predict(images, mask)
-        (result,) = model.inference(
-            outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes
+def _side_range(model: nn.Module, image: torch.Tensor, max_side: int) -> Tuple[int, int]:
+    """(min, max) sides of a dynamic package, with the sample image (3, H, W) inside."""
+    low = symbolic_min_side(model)
+    if not low <= min(image.shape[-2:]) <= max(image.shape[-2:]) <= max_side:
+        raise ValueError(
+            f"the sample image is {format_size(image.shape[-2:])}; a package of this model "
+            f"takes sides from {low} to {max_side} pixels (max_side, INPUT.MAX_SIZE_TEST), "
+            f"and is exported on an image in that range"
         )
-        # detector_postprocess at the image's own size (scale 1): clip, drop empty boxes; its
-        # Boxes.clip asserts finite boxes, a data-dependent check export cannot follow
-        x1, y1, x2, y2 = result.pred_boxes.tensor.unbind(1)
-        boxes = torch.stack([x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)], 1)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return boxes[keep], result.scores[keep], result.pred_classes[keep]
+    return low, max_side
+
+
+def _export(model: nn.Module, image: torch.Tensor, sides: Optional[Tuple[int, int]]):
+    """torch.export of the model's single-image front on image (3, H, W): with H and W symbolic
+    in [sides[0], sides[1]], or fixed at image's size when sides is None."""
+    shapes = None
+    if sides is not None:
+        height, width = (Dim(n, min=sides[0], max=sides[1]) for n in ("height", "width"))
+        shapes = {"image": {1: height, 2: width}}
+    return torch.export.export(DetectionExportWrapper(model), (image,), dynamic_shapes=shapes)
 
 
 @torch.no_grad()
-def export_aoti(model: nn.Module, image: torch.Tensor, path: str) -> str:
+def export_aoti(
+    model: nn.Module,
+    image: torch.Tensor,
+    path: str,
+    max_side: int = MAX_SIDE,
+    dynamic: Optional[bool] = None,
+) -> str:
     """Exports model with torch.export on image (3, H, W), compiles it with AOTInductor and
-    writes the package to path (.pt2). The package runs at image's size only (see the module's
-    note on dynamic sizes). Returns path."""
-    exported = torch.export.export(_AOTIWrapper(model), (image,))
+    writes the package to path (.pt2); returns path. dynamic=True: every image with sides from
+    symbolic_min_side to max_side; False: image's size only. None (the default): dynamic unless
+    the backbone cannot be, then static with a warning: fixed_size_reason's backbones, and those
+    whose code torch.export cannot prove valid over the whole range (Detectron2's Swin and ViT,
+    whose padding to windows or to a square it cannot reason about)."""
+    if dynamic is None and fixed_size_reason(model) is not None:
+        dynamic = False
+    exported = None
+    if dynamic is not False:
+        sides = _side_range(model, image, max_side)
+        try:
+            exported = _export(model, image, sides)
+        except (torch._dynamo.exc.UserError, NotImplementedError) as e:
+            if dynamic:
+                raise
+            first_line = str(e).strip().splitlines()[0]
+            logger.warning(
+                f"torch.export cannot keep the image size symbolic through "
+                f"{type(model.backbone).__name__} ({first_line}): the package is static, valid "
+                f"at {format_size(image.shape[-2:])} only"
+            )
+    if exported is None:
+        exported, metadata = (
+            _export(model, image, None),
+            {IMAGE_SIZE_KEY: format_size(image.shape[-2:])},
+        )
+    else:
+        metadata = {SIDES_KEY: "-".join(map(str, sides))}
     return torch._inductor.aoti_compile_and_package(
-        exported,
-        package_path=path,
-        inductor_configs={"aot_inductor.metadata": {IMAGE_SIZE_KEY: format_size(image.shape[-2:])}},
+        exported, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
     )
 
 
+def package_sides(path: str) -> Optional[Tuple[int, int]]:
+    """(min, max) sides of the images a package of export_aoti takes, None when it is static."""
+    sides = torch._inductor.aoti_load_package(path).get_metadata().get(SIDES_KEY)
+    return None if sides is None else tuple(map(int, sides.split("-")))
+
+
+def _check_size(path: str, metadata: dict, image: torch.Tensor) -> None:
+    """Raises ValueError unless image (3, H, W) is of a size the package at path takes."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"the package takes one image (3, H, W), got {tuple(image.shape)}")
+    if SIDES_KEY in metadata:
+        low, high = map(int, metadata[SIDES_KEY].split("-"))
+        if not low <= min(image.shape[-2:]) <= max(image.shape[-2:]) <= high:
+            raise ValueError(
+                f"the AOTInductor package {path!r} takes images (3, H, W) with sides from {low} "
+                f"to {high} pixels; got {format_size(image.shape[-2:])}: resize it as at test "
+                f"time, or export with another max_side"
+            )
+    elif IMAGE_SIZE_KEY in metadata:
+        built = metadata[IMAGE_SIZE_KEY]
+        if tuple(image.shape[-2:]) != tuple(map(int, built.split("x"))):
+            raise ValueError(
+                f"the AOTInductor package {path!r} was exported for images (3, H, W) of {built} "
+                f"pixels and runs at that size only (its backbone fixes the size); got "
+                f"{format_size(image.shape[-2:])}: export again at this size "
+                f"(export_model.py --format aoti --sample-image)"
+            )
+    else:
+        raise ValueError(f"{path!r} is not a package of export_aoti: no {SIDES_KEY} entry")
+
+
 def run_aoti(path: str, image: torch.Tensor) -> Detections:
-    """(boxes, scores, classes) of a saved AOTInductor package on image (3, H, W), which must have
-    the size the package was exported at (ValueError otherwise)."""
+    """(boxes, scores, classes) of a saved AOTInductor package on image (3, H, W), which must be
+    of a size the package takes (ValueError otherwise)."""
     runner = torch._inductor.aoti_load_package(path)
-    built = runner.get_metadata().get(IMAGE_SIZE_KEY)
-    if built is None:
-        raise ValueError(f"{path!r} is not a package of export_aoti: no {IMAGE_SIZE_KEY} entry")
-    if tuple(image.shape) != (3, *map(int, built.split("x"))):
-        raise ValueError(
-            f"the AOTInductor package {path!r} was exported for images (3, H, W) of {built} "
-            f"pixels and runs at that size only; got an image of shape {tuple(image.shape)}: "
-            f"export again at this size (export_model.py --format aoti --sample-image)"
-        )
+    _check_size(path, runner.get_metadata(), image)
     with torch.no_grad():
         return tuple(o.detach().cpu().numpy() for o in runner(image))

@@ -25,6 +25,7 @@ __all__ = [
     "fixed_size_reason",
     "format_size",
     "min_image_side",
+    "symbolic_min_side",
     "second_size",
 ]
 
@@ -77,6 +78,13 @@ def min_image_side(model: nn.Module) -> int:
     while _encoder_positions(model, strides, side) < queries.num_queries:
         side += 1
     return side
+
+
+def symbolic_min_side(model: nn.Module) -> int:
+    """The smallest side of an image for a torch.export with symbolic sizes: min_image_side,
+    and every level at least 2 pixels a side (the coarsest stride + 1), since torch.export
+    takes a size of 0 or 1 as a constant and then no longer follows it."""
+    return max(min_image_side(model), _level_strides(model)[-1] + 1)
 
 
 def check_sample_size(model: nn.Module, image: torch.Tensor) -> None:

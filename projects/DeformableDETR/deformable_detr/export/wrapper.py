@@ -8,7 +8,6 @@ import copy
 from typing import Tuple
 
 import torch
-from detectron2.modeling import detector_postprocess
 from torch import nn
 
 __all__ = ["DetectionExportWrapper"]
@@ -17,8 +16,9 @@ __all__ = ["DetectionExportWrapper"]
 class DetectionExportWrapper(nn.Module):
     """image (3, H, W) float in the model's input format on a 0-255 scale -> boxes (R, 4) xyxy in
     the image's pixels, scores (R,), classes (R,) int64: what the eager model returns for
-    [{"image": image}], computed by the model's own preprocess_image, predict, inference and
-    Detectron2's detector_postprocess (which the eager forward applies too)."""
+    [{"image": image}], computed by the model's own preprocess_image, predict and inference, then
+    clipped and filtered as Detectron2's detector_postprocess (which the eager forward applies)
+    does at the image's own size."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -35,5 +35,10 @@ class DetectionExportWrapper(nn.Module):
         (result,) = self.model.inference(
             outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes
         )
-        result = detector_postprocess(result, image.shape[-2], image.shape[-1])
-        return result.pred_boxes.tensor, result.scores, result.pred_classes
+        # detector_postprocess at scale 1: boxes clipped to the image, empty ones dropped; written
+        # out because its Boxes.clip asserts finite boxes, a check on data torch.export refuses
+        h, w = image.shape[-2:]
+        x1, y1, x2, y2 = result.pred_boxes.tensor.unbind(1)
+        boxes = torch.stack([x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)], 1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes[keep], result.scores[keep], result.pred_classes[keep]

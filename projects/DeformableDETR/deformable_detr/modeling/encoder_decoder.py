@@ -30,8 +30,8 @@ def encoder_reference_points(level_sizes: Sequence[Tuple[int, int]], valid_ratio
     refs = []
     for lvl, (H, W) in enumerate(level_sizes):
         ys, xs = torch.meshgrid(
-            torch.linspace(0.5, H - 0.5, H, dtype=torch.float32, device=valid_ratios.device),
-            torch.linspace(0.5, W - 0.5, W, dtype=torch.float32, device=valid_ratios.device),
+            torch.arange(H, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+            torch.arange(W, dtype=torch.float32, device=valid_ratios.device) + 0.5,
             indexing="ij",
         )
         # (H*W,) -> (N, H*W) by each image's valid size on this level

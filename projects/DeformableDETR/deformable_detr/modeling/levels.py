@@ -7,7 +7,8 @@ Shapes: see the legend in deformable_detr/__init__.py.
 from typing import List, NamedTuple, Tuple
 
 import torch
-from detectron2.layers.wrappers import shapes_to_tensor
+
+from .symbolic_sizes import sizes_tensor
 
 __all__ = ["Levels", "flatten_levels"]
 
@@ -54,8 +55,7 @@ def flatten_levels(
         1,
     )
     mask = torch.cat([m.flatten(1) for m in masks], 1)  # (N, S)
-    # from the shapes by traceable ops (torch.as_tensor would record constants)
-    shapes = torch.stack([shapes_to_tensor(list(size), src.device) for size in sizes])
+    shapes = torch.stack([sizes_tensor(size, src.device) for size in sizes])
     starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
     valid, ratios = [], []
     for m, (H, W) in zip(masks, sizes):

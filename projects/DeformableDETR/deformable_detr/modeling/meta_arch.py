@@ -8,7 +8,6 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
@@ -22,6 +21,7 @@ from .input_checks import check_batched_inputs
 from .matcher import HungarianMatcher
 from .neck import build_neck
 from .per_image import features_per_image
+from .symbolic_sizes import pad_images, sizes_tensor
 from .released_names import MODEL_ALIASES, released_aliases, use_released_names
 from .transformer import build_transformer
 
@@ -183,10 +183,8 @@ class DeformableDETR(nn.Module):
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
-        images = ImageList.from_tensors(
-            images,
-            self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
+        images = pad_images(
+            images, self.backbone.size_divisibility, self.backbone.padding_constraints
         )
         N, _, H, W = images.tensor.shape
         mask = torch.ones((N, H, W), dtype=torch.bool, device=self.device)
@@ -282,8 +280,7 @@ class DeformableDETR(nn.Module):
         results = []
         for i, (h, w) in enumerate(image_sizes):
             result = Instances((h, w))
-            # traceable (torch.tensor would record the traced size as a constant)
-            scale = shapes_to_tensor([w, h, w, h], xyxy.device).to(xyxy.dtype)
+            scale = sizes_tensor([w, h, w, h], xyxy.device).to(xyxy.dtype)
             result.pred_boxes = Boxes(xyxy[i] * scale)
             result.scores = scores[i]
             result.pred_classes = labels[i]

@@ -27,8 +27,8 @@ def encoder_proposals(memory: torch.Tensor, levels: Levels) -> Tuple[torch.Tenso
     proposals = []
     for level, (H, W) in enumerate(levels.sizes):
         ys, xs = torch.meshgrid(
-            torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
-            torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device),
+            torch.arange(H, dtype=torch.float32, device=memory.device),
+            torch.arange(W, dtype=torch.float32, device=memory.device),
             indexing="ij",
         )
         grid = torch.stack([xs, ys], -1)  # (H, W, 2)
