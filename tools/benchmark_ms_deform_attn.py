@@ -8,6 +8,8 @@ Prints median times, speed-up ratios and the peak extra memory of each call. On 
 memory is the growth of the resident set (/proc/self/status VmHWM after resetting it), measured in
 a child process whose allocator returns every large block to the OS (MALLOC_MMAP_THRESHOLD_), so
 that each call's own peak shows; the timings run in this process, with the allocator as usual.
+Then the op's batch scaling at the encoder shape: per-image time at batch 1, 2 and 4 and its ratio
+to batch 1, with the system time per call, where the page faults of fresh output memory show.
 
 Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] \\
            [--dtypes float32 bfloat16]
@@ -16,6 +18,7 @@ Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] \\
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,6 +85,7 @@ def megabytes(*tensors):
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+BATCHES = (1, 2, 4)
 CASES = (("encoder", 1, None), ("encoder", 2, None), ("decoder", 1, 300), ("decoder", 2, 300))
 
 
@@ -107,6 +111,45 @@ def each_case(dtypes, device):
                     runners("op", inputs, backward),
                     runners("ref", inputs, backward),
                     io,
+                )
+
+
+def batch_scaling(dtypes, device, rounds=7):
+    """Prints the op's per-image time at the encoder shape at each batch of BATCHES and its ratio
+    to batch 1, forward and forward+backward. The batches take turns in each round, so that they
+    share the machine's noise; medians over the rounds. sys: the process's system time per call,
+    on the CPU mostly page faults: glibc maps a block over 32 MiB (an encoder output from batch 2
+    on) fresh on every call, where batch 1's come back from its heap."""
+    print(f"\nbatch scaling, encoder: median of {rounds} rounds; x b1 = per-image ms / batch 1's")
+    header = (
+        f"{'dtype':<10}{'pass':<9}{'batch':>6}{'ms':>9}{'ms/image':>10}{'x b1':>7}{'sys ms':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        if not kernel_available(device, dtype):
+            continue
+        inputs = {b: make_inputs(b, None, dtype, device) for b in BATCHES}
+        for backward in (False, True):
+            run = {b: runners("op", inputs[b], backward) for b in BATCHES}
+            times = {b: [] for b in BATCHES}
+            system = {b: [] for b in BATCHES}
+            for b in BATCHES:
+                run[b]()  # warm-up
+            for _ in range(rounds):
+                for b in BATCHES:
+                    s0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+                    times[b].append(median_seconds(run[b], 1, warm_up=False))
+                    system[b].append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0)
+            per_image = {b: statistics.median(times[b]) / b for b in BATCHES}
+            for b in BATCHES:
+                sys_ms = statistics.median(system[b]) * 1e3
+                print(
+                    f"{dtype_name:<10}{'fwd+bwd' if backward else 'fwd':<9}{b:>6}"
+                    f"{per_image[b] * b * 1e3:>9.1f}{per_image[b] * 1e3:>10.1f}"
+                    f"{per_image[b] / per_image[1]:>6.2f}x{sys_ms:>8.1f}",
+                    flush=True,
                 )
 
 
@@ -156,6 +199,7 @@ def main():
             f"{t_ref / t_op:>9.1f}x{mem_op:>9.0f}{mem_ref:>9.0f}{io:>8.0f}",
             flush=True,
         )
+    batch_scaling(args.dtypes, device)
 
 
 if __name__ == "__main__":
