@@ -35,9 +35,17 @@ test: build
 test-fast: build
 	$(PY) -m pytest tests -q -m "not slow"
 
+# The benchmark's own packages (OpenVINO, Hugging Face transformers for the "vs HF" column), kept
+# out of requirements.txt; installed once, again only when the file changes.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): requirements-bench.txt requirements.txt | $(DEPS_STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
 # The op against its reference, batch-invariant against padded inference, and the deploy formats
 # end to end (minutes on 2 cores: torch.compile and AOTInductor compile the whole model).
-bench: build
+bench: build $(BENCH_STAMP)
 	$(PY) tools/benchmark_ms_deform_attn.py
 	$(PY) tools/benchmark_batch_invariance.py
 	$(PY) tools/benchmark_deploy.py

@@ -4,17 +4,23 @@
 ddetr_r50 (random weights: time does not depend on them), batch 1, one 800x1333 image, through
 the single-image module that every export runs (deformable_detr.export.DetectionExportWrapper):
 eager float32, torch.compile (inductor), the AOTInductor package (dynamic, and static at this
-size), ONNX Runtime and TorchScript.
+size), ONNX Runtime, OpenVINO's CPU runtime (the same ONNX file, float32, torch's thread count),
+TorchScript, and Hugging Face transformers' DeformableDetrForObjectDetection with the same
+weights on the same normalised image, with its own top-k post-processing ("hf":
+tools/hf_reference.py). The runners are in tools/deploy_runners.py; openvino and transformers
+come with requirements-bench.txt (`make bench` installs it).
 Each path is built once, run twice to warm up, then the paths take turns --repeat times (so that
-the machine's drift hits all alike). Prints the median time per image, its ratio to eager, the
-peak memory of one inference (growth of the resident set over the warm process, measured in a
-child process per path whose allocator returns large blocks to the system, so that each run's
-own peak shows), and profiles: eager and torch.compile by kind of operator (what bounds the
-compiled paths), ONNX Runtime by operator type. The machines are shared and
-noisy: compare the ratios, not absolute times across runs.
+the machine's drift hits all alike). Prints the median time per image, its ratio to eager
+("speed-up") and Hugging Face's time over it ("vs HF"), the peak memory of one inference
+(growth of the resident set over the warm process, measured in a child process per path whose
+allocator returns large blocks to the system, so that each run's own peak shows), the build time,
+whether OpenVINO's and HF's detections agree with eager's (compare_detections), and profiles:
+eager and torch.compile by kind of operator (what bounds the compiled paths), ONNX Runtime by
+operator type. The machines are shared and noisy: compare the ratios, not absolute times across
+runs.
 
 Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333]
-           [--paths eager compile aoti aoti_static onnx torchscript] [--no-memory]
+           [--paths eager compile aoti aoti_static onnx openvino torchscript hf] [--no-memory]
 """
 
 import argparse
@@ -26,74 +32,36 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from importlib.util import find_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
 # deformable_detr first: it silences detectron2's import-time deprecation warning
-from deformable_detr import get_config  # noqa: E402
-from resident_memory import peak_rss_growth_mib  # noqa: E402  (tools/, the script's folder)
 from deformable_detr import export  # noqa: E402
 
 import torch  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 
-PATHS = ("eager", "compile", "aoti", "aoti_static", "onnx", "torchscript")
+# tools/, the script's folder
+import hf_reference  # noqa: E402
+from deploy_runners import PATHS, REQUIRES, build_model_and_image, make_runner  # noqa: E402
+from resident_memory import peak_rss_growth_mib  # noqa: E402
 
-
-def build_model_and_image(height, width):
-    cfg = get_config(os.path.join(REPO, "configs", "ddetr_r50.yaml"), ["MODEL.DEVICE", "cpu"])
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    return model, torch.randint(0, 256, (3, height, width), generator=g).float()
-
-
-def make_runner(name, model, image, folder, arena=True):
-    """A callable image -> detections for the path, and its build time in seconds. arena=False
-    turns off ONNX Runtime's memory arena, which keeps its peak allocated between runs."""
-    start = time.perf_counter()
-    wrapper = export.DetectionExportWrapper(model)
-    if name == "eager":
-        run = torch.no_grad()(wrapper)
-    elif name == "compile":
-        compiled = torch.compile(wrapper)
-        run = torch.no_grad()(compiled)
-        run(image)  # the compile happens on the first call
-    elif name == "torchscript":
-        path = os.path.join(folder, "model.ts")
-        export.export_torchscript(model, image, path)
-        loaded = torch.jit.load(path)
-        run = torch.no_grad()(loaded)
-    elif name == "onnx":
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.enable_cpu_mem_arena = arena
-        session = onnxruntime.InferenceSession(
-            export.onnx_bytes(model, image), options, providers=["CPUExecutionProvider"]
-        )
-        array = image.numpy()
-
-        def run(_):
-            return session.run(list(export.ONNX_OUTPUTS), {export.ONNX_INPUT: array})
-    elif name in ("aoti", "aoti_static"):  # one package for every size, or this size's
-        path = os.path.join(folder, f"{name}.pt2")
-        export.export_aoti(model, image, path, dynamic=name == "aoti")
-        package = torch._inductor.aoti_load_package(path)
-        run = torch.no_grad()(package)
-    else:
-        raise ValueError(f"unknown path {name!r}; choose from {PATHS}")
-    return run, time.perf_counter() - start
+# the paths whose detections are compared with the eager model's here (the others' are in tests)
+CHECKED = ("openvino", "hf")
 
 
 def peak_memory_mib(name, height, width):
-    """Child process: the growth of the resident set during one warm inference of the path."""
-    model, image = build_model_and_image(height, width)
+    """Child process: the growth of the resident set during one warm inference of the path.
+    OpenVINO keeps what its first inference allocates in the compiled model (a new infer request
+    does not give it back), so for it the first inference is measured, its kernel caches
+    included."""
+    cfg, model, image = build_model_and_image(height, width)
     with tempfile.TemporaryDirectory() as folder:
-        run, _ = make_runner(name, model, image, folder, arena=False)
-        run(image)
-        run(image)
+        run, _ = make_runner(name, cfg, model, image, folder, arena=False)
+        if name != "openvino":
+            run(image)
+            run(image)
         return peak_rss_growth_mib(lambda: run(image))
 
 
@@ -169,6 +137,30 @@ def format_profile(title, shares):
     return f"{title}: " + ", ".join(f"{k} {v:.0f}%" for k, v in shares.items())
 
 
+def check_packages(parser, paths):
+    missing = sorted({REQUIRES[p] for p in paths if p in REQUIRES and not find_spec(REQUIRES[p])})
+    if missing:
+        parser.error(
+            f"--paths {' '.join(paths)} need {', '.join(missing)}, not installed here: "
+            f"pip install -r requirements-bench.txt (or leave those paths out)"
+        )
+
+
+def agreement(name, run, model, image):
+    """compare_detections of the path's detections with the eager model's; HF's boxes are
+    clipped to the image first, as the eager model (Detectron2's postprocess) clips them."""
+    detections = run(image)
+    if name == "hf":
+        detections = hf_reference.clip_to_image(detections, *image.shape[-2:])
+    diff = export.compare_detections(export.eager_detections(model, image), detections)
+    return (
+        f"{name} vs eager: {diff['count'][1]} of {diff['count'][0]} detections, classes "
+        f"{'agree' if diff['classes_agree'] else 'DIFFER'}, max score diff "
+        f"{diff['max_score_diff']:.1e}, max box diff {diff['max_box_diff']:.1e} px: "
+        f"{'ok' if diff['ok'] else 'NOT WITHIN TOLERANCE'}"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -182,15 +174,16 @@ def main():
     )
     parser.add_argument("--memory-of", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_packages(parser, [args.memory_of] if args.memory_of else args.paths)
     if args.memory_of:
         print(json.dumps(peak_memory_mib(args.memory_of, args.height, args.width)))
         return
 
-    model, image = build_model_and_image(args.height, args.width)
+    cfg, model, image = build_model_and_image(args.height, args.width)
     runners, build_s = {}, {}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.paths:
-            run, seconds = make_runner(name, model, image, folder)
+            run, seconds = make_runner(name, cfg, model, image, folder)
             for _ in range(2):  # warm-up; TorchScript's profiling executor optimises on the 2nd
                 run(image)
             runners[name], build_s[name] = run, seconds
@@ -200,6 +193,7 @@ def main():
                 start = time.perf_counter()
                 run(image)
                 times[name].append(time.perf_counter() - start)
+        agreements = [agreement(n, runners[n], model, image) for n in CHECKED if n in runners]
         profiles = {}
         if "eager" in runners:
             profiles["eager profile (self CPU time)"] = torch_profile(
@@ -214,17 +208,23 @@ def main():
                 model, image
             )
     medians = {name: statistics.median(t) for name, t in times.items()}
-    base = medians.get("eager")
+    base, hf = medians.get("eager"), medians.get("hf")
     print(
         f"ddetr_r50, CPU, {torch.get_num_threads()} threads, batch 1, {args.height}x"
         f"{args.width}, median of {args.repeat}"
     )
-    print(f"{'path':<12} {'s / image':>10} {'speed-up':>9} {'peak MiB':>9} {'build s':>8}")
+    print(
+        f"{'path':<12} {'s / image':>10} {'speed-up':>9} {'vs HF':>7} {'peak MiB':>9} "
+        f"{'build s':>8}"
+    )
     for name, median in medians.items():
         memory = "-" if args.no_memory else measure_memory(name, args.height, args.width)
         memory = f"{memory:9.0f}" if isinstance(memory, float) else f"{str(memory):>9}"
         ratio = f"{base / median:8.2f}x" if base else "-"
-        print(f"{name:<12} {median:10.3f} {ratio:>9} {memory} {build_s[name]:8.1f}")
+        vs_hf = f"{hf / median:6.2f}x" if hf else "-"
+        print(f"{name:<12} {median:10.3f} {ratio:>9} {vs_hf:>7} {memory} {build_s[name]:8.1f}")
+    for line in agreements:
+        print(line)
     for title, shares in profiles.items():
         print(format_profile(title, shares))
 
