@@ -3,8 +3,9 @@
 
 ddetr_r50 (random weights: time does not depend on them), batch 1, one 800x1333 image, through
 the single-image module that every export runs (deformable_detr.export.DetectionExportWrapper):
-eager float32, torch.compile (inductor), the AOTInductor package (dynamic, and static at this
-size), ONNX Runtime, OpenVINO's CPU runtime (the same ONNX file, float32, torch's thread count),
+eager float32, torch.compile (inductor), the AOTInductor package (dynamic, static at this
+size, and int8 with random calibration images: its speed; tools/benchmark_int8.py measures its
+AP), ONNX Runtime, OpenVINO's CPU runtime (the same ONNX file, float32, torch's thread count),
 TorchScript, and Hugging Face transformers' DeformableDetrForObjectDetection with the same
 weights on the same normalised image, with its own top-k post-processing ("hf":
 tools/hf_reference.py). The runners are in tools/deploy_runners.py; openvino and transformers
@@ -19,8 +20,8 @@ eager and torch.compile by kind of operator (what bounds the compiled paths), ON
 operator type. The machines are shared and noisy: compare the ratios, not absolute times across
 runs.
 
-Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333]
-           [--paths eager compile aoti aoti_static onnx openvino torchscript hf] [--no-memory]
+Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333] [--no-memory]
+           [--paths eager compile aoti aoti_static aoti_int8 onnx openvino torchscript hf]
 """
 
 import argparse

@@ -1,5 +1,5 @@
 """The inference paths that tools/benchmark_deploy.py measures, each built into a callable
-image -> detections: eager, torch.compile, AOTInductor (dynamic and static), ONNX Runtime,
+image -> detections: eager, torch.compile, AOTInductor (dynamic, static, int8), ONNX Runtime,
 OpenVINO, TorchScript, and Hugging Face transformers' model with the same weights (hf_reference).
 
 Shapes: H x W the image (3, H, W), float on a 0-255 scale in the model's input format.
@@ -17,9 +17,24 @@ from detectron2.modeling import build_model
 __all__ = ["PATHS", "REQUIRES", "build_model_and_image", "make_runner"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHS = ("eager", "compile", "aoti", "aoti_static", "onnx", "openvino", "torchscript", "hf")
+PATHS = (
+    "eager",
+    "compile",
+    "aoti",
+    "aoti_static",
+    "aoti_int8",
+    "onnx",
+    "openvino",
+    "torchscript",
+    "hf",
+)
 # the package each path needs (openvino and transformers come with requirements-bench.txt)
-REQUIRES = {"onnx": "onnxruntime", "openvino": "openvino", "hf": "transformers"}
+REQUIRES = {
+    "aoti_int8": "torchao",
+    "onnx": "onnxruntime",
+    "openvino": "openvino",
+    "hf": "transformers",
+}
 
 
 def build_model_and_image(height, width):
@@ -97,6 +112,11 @@ def make_runner(name, cfg, model, image, folder, arena=True):
     elif name in ("aoti", "aoti_static"):  # one package for every size, or this size's
         path = os.path.join(folder, f"{name}.pt2")
         export.export_aoti(model, image, path, dynamic=name == "aoti")
+        run = torch.no_grad()(torch._inductor.aoti_load_package(path))
+    elif name == "aoti_int8":  # dynamic, calibrated on two other random images of this size
+        path, g = os.path.join(folder, f"{name}.pt2"), torch.Generator().manual_seed(1)
+        calibration = [torch.randint(0, 256, image.shape, generator=g).float() for _ in range(2)]
+        export.export_aoti(model, image, path, calibration=calibration)
         run = torch.no_grad()(torch._inductor.aoti_load_package(path))
     elif name == "hf":
         run = _hf(cfg, model)

@@ -24,11 +24,19 @@ onnxruntime on the CPU, or aoti_load_package) on the sample image, and a dynamic
 second size (the sample resized), compares it with the eager model, prints the differences and
 exits with status 1 when they exceed 1e-4 in score or 1e-2 px in box, or the classes differ, or
 the file fails at the second size.
+
+--format aoti --int8 IMAGE... writes an int8 package (convolutions and linear layers on int8
+weights and activations, oneDNN's kernels; deformable_detr/export/int8.py), its activations'
+ranges calibrated on those images, read and resized as the sample image: a few dozen like the
+ones it will serve. Its detections differ from float32's by more than the tolerances above, so
+the tool prints the differences and fails only when the package fails to run; measure the AP
+change on your data (tools/benchmark_int8.py measures it on the built-in data).
 """
 
 import argparse
 import logging
 import os
+import re
 import sys
 
 sys.path.insert(
@@ -104,6 +112,12 @@ def get_parser():
         "pixels resized as at test time",
     )
     parser.add_argument(
+        "--int8",
+        nargs="+",
+        metavar="IMAGE",
+        help="with --format aoti: an int8 package, calibrated on these image files",
+    )
+    parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
@@ -140,20 +154,21 @@ def sample_image(cfg, path):
     return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).float()
 
 
-def check_at(fmt: str, path: str, image, expected) -> bool:
+def check_at(fmt: str, path: str, image, expected, int8: bool = False) -> bool:
     """Runs the file at path on image (3, H, W) and prints how far it is from expected, the eager
-    model's detections; True when it agrees within the tolerances."""
+    model's detections; True when it agrees within the tolerances, or ran at all when int8."""
     actual = RUNNERS[fmt](path, image)
     diff = compare_detections(expected, actual)
     print(
-        f"{fmt} vs eager on {tuple(image.shape[1:])}: {diff['count'][1]} detections "
-        f"(eager {diff['count'][0]}), max score difference {diff['max_score_diff']:.3g}, max "
-        f"box difference {diff['max_box_diff']:.3g} px, classes agree: {diff['classes_agree']}"
+        f"{fmt}{' int8' if int8 else ''} vs eager on {tuple(image.shape[1:])}: "
+        f"{diff['count'][1]} detections (eager {diff['count'][0]}), max score difference "
+        f"{diff['max_score_diff']:.3g}, max box difference {diff['max_box_diff']:.3g} px, "
+        f"classes agree: {diff['classes_agree']}"
     )
-    return diff["ok"]
+    return int8 or diff["ok"]
 
 
-def check_second_size(fmt: str, path: str, model, image) -> bool:
+def check_second_size(fmt: str, path: str, model, image, int8: bool = False) -> bool:
     """A dynamic file checked at a second size (the sample image resized): an export that
     recorded the size as a constant passes at the sample's size only. False, with the reason on
     stderr, when it fails or disagrees there."""
@@ -162,7 +177,7 @@ def check_second_size(fmt: str, path: str, model, image) -> bool:
     other = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     expected = eager_detections(model, other)
     try:
-        if check_at(fmt, path, other, expected):
+        if check_at(fmt, path, other, expected, int8):
             return True
         failure = "disagrees with the eager model"
     except Exception as e:  # the runtimes' errors share no base class; any is the finding
@@ -191,7 +206,21 @@ def main(argv=None) -> int:
     setup_logger(name="deformable_detr")
     cfg = get_config(args.config_file, args.opts)
     check_exportable(cfg, args.format)
+    if args.int8 and args.format != "aoti":
+        raise ValueError(
+            f"--int8 makes an int8 AOTInductor package: it needs --format aoti, not {args.format}"
+        )
+    missing = [p for p in args.int8 or () if not os.path.isfile(p)]
+    if missing:
+        hint = ""
+        if any(re.fullmatch(r"[A-Z_]+(\.[A-Z0-9_]+)+", p) for p in missing):
+            hint = (
+                " (the config overrides were read as --int8 images: follow --int8's images with "
+                "another flag, e.g. --sample-image FILE, before the KEY VALUE overrides)"
+            )
+        raise FileNotFoundError(f"--int8 images do not exist: {missing}{hint}")
     image = sample_image(cfg, args.sample_image).to(cfg.MODEL.DEVICE)
+    calibration = [sample_image(cfg, p) for p in args.int8] if args.int8 else None
     model = build_model(cfg)
     if not isinstance(model, DeformableDETR):
         raise ValueError(f"the config builds a {type(model).__name__}, not a DeformableDETR")
@@ -206,11 +235,12 @@ def main(argv=None) -> int:
     # the longest side the test resize gives, or the sample's, if a config's is longer
     max_side = max(cfg.INPUT.MAX_SIZE_TEST, *image.shape[-2:])
     if args.format == "aoti":
-        export_aoti(model, image, path, max_side=max_side)
+        export_aoti(model, image, path, max_side=max_side, calibration=calibration)
     else:
         EXPORTERS[args.format](model, image, path)
     logger.info(f"wrote {path}")
-    ok = check_at(args.format, path, image, expected)
+    int8 = calibration is not None
+    ok = check_at(args.format, path, image, expected, int8)
     if args.format == "aoti":
         static = package_sides(path) is None  # Swin's and ViT's fall back to static (aoti.py)
     else:
@@ -219,7 +249,12 @@ def main(argv=None) -> int:
         print(f"{args.format}: static, valid at {format_size(image.shape[1:])} only")
     else:
         print(dynamic_line(args.format, path, model))
-        ok = check_second_size(args.format, path, model, image) and ok
+        ok = check_second_size(args.format, path, model, image, int8) and ok
+    if int8:
+        print(
+            f"int8: calibrated on {len(calibration)} images; not held to float32's tolerances "
+            f"(measure the AP change on your data)"
+        )
     if not ok:
         print(
             "the export disagrees with the eager model beyond scores 1e-4 / boxes 1e-2 px",

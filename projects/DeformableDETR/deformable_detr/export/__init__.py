@@ -1,9 +1,17 @@
 """Export to TorchScript (tracing), ONNX (default-domain operators only) and AOTInductor
-packages (torch.export), the image sizes each export takes, and comparison of an export's
-detections with the eager model's. Nothing here is imported by `import deformable_detr`; the ONNX
-symbolic is registered by export_onnx."""
+packages (torch.export; float32, or int8 with int8.py), the image sizes each export takes, and
+comparison of an export's detections with the eager model's. Nothing here is imported by `import
+deformable_detr`; the ONNX symbolic is registered by export_onnx."""
 
-from .aoti import IMAGE_SIZE_KEY, MAX_SIDE, SIDES_KEY, export_aoti, package_sides, run_aoti
+from .aoti import (
+    IMAGE_SIZE_KEY,
+    INT8_KEY,
+    MAX_SIDE,
+    SIDES_KEY,
+    export_aoti,
+    package_sides,
+    run_aoti,
+)
 from .compare import BOX_TOLERANCE_PX, SCORE_TOLERANCE, compare_detections, eager_detections
 from .exporting import (
     ONNX_INPUT,
@@ -15,6 +23,7 @@ from .exporting import (
     run_onnx,
     run_torchscript,
 )
+from .int8 import quantize_int8, quantized_layers
 from .onnx_symbolic import ONNX_OPSET, register_ms_deform_attn_symbolic
 from .sizes import (
     check_sample_size,
@@ -30,6 +39,7 @@ __all__ = [
     "BOX_TOLERANCE_PX",
     "DetectionExportWrapper",
     "IMAGE_SIZE_KEY",
+    "INT8_KEY",
     "MAX_SIDE",
     "ONNX_INPUT",
     "ONNX_MIN_SIDE_KEY",
@@ -48,6 +58,8 @@ __all__ = [
     "min_image_side",
     "onnx_bytes",
     "package_sides",
+    "quantize_int8",
+    "quantized_layers",
     "register_ms_deform_attn_symbolic",
     "run_aoti",
     "run_onnx",

@@ -21,23 +21,33 @@ AOTI_RUNTIME_CHECK_INPUTS=1 is set, so a caller of aoti_load_package checks size
 """
 
 import logging
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.export import Dim
 
+from .int8 import quantize_int8
 from .sizes import fixed_size_reason, format_size, symbolic_min_side
 from .wrapper import DetectionExportWrapper
 
-__all__ = ["IMAGE_SIZE_KEY", "MAX_SIDE", "SIDES_KEY", "export_aoti", "package_sides", "run_aoti"]
+__all__ = [
+    "IMAGE_SIZE_KEY",
+    "INT8_KEY",
+    "MAX_SIDE",
+    "SIDES_KEY",
+    "export_aoti",
+    "package_sides",
+    "run_aoti",
+]
 
 logger = logging.getLogger(__name__)
 
 # the package's metadata: "HxW" of a static package, "MIN-MAX" sides of a dynamic one
 IMAGE_SIZE_KEY = "deformable_detr.image_size"
 SIDES_KEY = "deformable_detr.sides"
+INT8_KEY = "deformable_detr.int8"  # an int8 package: how many images calibrated it
 MAX_SIDE = 1333  # Detectron2's INPUT.MAX_SIZE_TEST, the longest side the test resize gives
 
 Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -55,14 +65,23 @@ def _side_range(model: nn.Module, image: torch.Tensor, max_side: int) -> Tuple[i
     return low, max_side
 
 
-def _export(model: nn.Module, image: torch.Tensor, sides: Optional[Tuple[int, int]]):
-    """torch.export of the model's single-image front on image (3, H, W): with H and W symbolic
+def _export(module: nn.Module, image: torch.Tensor, sides: Optional[Tuple[int, int]]):
+    """torch.export of module (image (3, H, W) -> detections) on image: with H and W symbolic
     in [sides[0], sides[1]], or fixed at image's size when sides is None."""
     shapes = None
     if sides is not None:
         height, width = (Dim(n, min=sides[0], max=sides[1]) for n in ("height", "width"))
         shapes = {"image": {1: height, 2: width}}
-    return torch.export.export(DetectionExportWrapper(model), (image,), dynamic_shapes=shapes)
+    return torch.export.export(module, (image,), dynamic_shapes=shapes)
+
+
+def _check_calibration(path: str, images: Sequence[torch.Tensor], metadata: dict) -> None:
+    """Raises ValueError unless each of images is of a size the package will take."""
+    for i, image in enumerate(images):
+        try:
+            _check_size(path, metadata, image)
+        except ValueError as e:
+            raise ValueError(f"calibration image {i}: {e}") from None
 
 
 @torch.no_grad()
@@ -72,20 +91,28 @@ def export_aoti(
     path: str,
     max_side: int = MAX_SIDE,
     dynamic: Optional[bool] = None,
+    calibration: Optional[Sequence[torch.Tensor]] = None,
 ) -> str:
     """Exports model with torch.export on image (3, H, W), compiles it with AOTInductor and
     writes the package to path (.pt2); returns path. dynamic=True: every image with sides from
     symbolic_min_side to max_side; False: image's size only. None (the default): dynamic unless
     the backbone cannot be, then static with a warning: fixed_size_reason's backbones, and those
     whose code torch.export cannot prove valid over the whole range (Detectron2's Swin and ViT,
-    whose padding to windows or to a square it cannot reason about)."""
+    whose padding to windows or to a square it cannot reason about).
+
+    calibration: images (3, H, W) of sizes the package takes, like those it will see (a few
+    dozen): the package is int8 (int8.py), its activations' ranges observed on them.
+    Inductor compiles with freezing: weights are constants, convolutions fold the frozen
+    BatchNorms' scales, and oneDNN's kernels take their weights prepacked."""
+    if calibration is not None and len(calibration) == 0:
+        raise ValueError("an int8 package needs calibration images; got none")
     if dynamic is None and fixed_size_reason(model) is not None:
         dynamic = False
-    exported = None
+    wrapper, exported, sides = DetectionExportWrapper(model), None, None
     if dynamic is not False:
         sides = _side_range(model, image, max_side)
         try:
-            exported = _export(model, image, sides)
+            exported = _export(wrapper, image, sides)
         except (torch._dynamo.exc.UserError, NotImplementedError) as e:
             if dynamic:
                 raise
@@ -95,15 +122,20 @@ def export_aoti(
                 f"{type(model.backbone).__name__} ({first_line}): the package is static, valid "
                 f"at {format_size(image.shape[-2:])} only"
             )
+            sides = None
     if exported is None:
-        exported, metadata = (
-            _export(model, image, None),
-            {IMAGE_SIZE_KEY: format_size(image.shape[-2:])},
-        )
+        exported = _export(wrapper, image, None)
+        metadata = {IMAGE_SIZE_KEY: format_size(image.shape[-2:])}
     else:
         metadata = {SIDES_KEY: "-".join(map(str, sides))}
+    if calibration is not None:
+        _check_calibration(path, calibration, metadata)
+        exported = _export(quantize_int8(exported.module(), calibration), image, sides)
+        metadata[INT8_KEY] = str(len(calibration))
     return torch._inductor.aoti_compile_and_package(
-        exported, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
+        exported,
+        package_path=path,
+        inductor_configs={"aot_inductor.metadata": metadata, "freezing": True},
     )
 
 

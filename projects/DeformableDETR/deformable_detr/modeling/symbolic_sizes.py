@@ -13,6 +13,7 @@ Shapes: N images, C channels, H x W the padded batch, h_i x w_i image i's own si
 from typing import List, Sequence
 
 import torch
+import torch.nn.functional as F
 from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.structures import ImageList
 
@@ -45,7 +46,7 @@ def pad_images(
     stride = constraints.get("size_divisibility", size_divisibility)
     if stride > 1:
         H, W = (H + stride - 1) // stride * stride, (W + stride - 1) // stride * stride
-    batch = tensors[0].new_zeros((len(tensors), tensors[0].shape[0], H, W))
-    for i, t in enumerate(tensors):
-        batch[i, :, : t.shape[-2], : t.shape[-1]] = t
-    return ImageList(batch, image_sizes)
+    # F.pad rather than a zero batch with slices assigned: Inductor's freezing passes (the
+    # int8 package) fail on the scatter that slice assignment becomes
+    padded = [F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2])) for t in tensors]
+    return ImageList(torch.stack(padded), image_sizes)
