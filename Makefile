@@ -43,12 +43,15 @@ $(BENCH_STAMP): requirements-bench.txt requirements.txt | $(DEPS_STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
-# The op against its reference, batch-invariant against padded inference, and the deploy formats
-# end to end (minutes on 2 cores: torch.compile and AOTInductor compile the whole model).
+# The op against its reference, batch-invariant against padded inference, the deploy formats
+# end to end (minutes on 2 cores: torch.compile and AOTInductor compile the whole model), and the
+# int8 package's AP on the built-in data (from the quickstart's checkpoint, trained first if none).
 bench: build $(BENCH_STAMP)
 	$(PY) tools/benchmark_ms_deform_attn.py
 	$(PY) tools/benchmark_batch_invariance.py
 	$(PY) tools/benchmark_deploy.py
+	test -f $(QUICKSTART_DIR)/model_final.pth || $(MAKE) quickstart
+	$(PY) tools/benchmark_int8.py --weights $(QUICKSTART_DIR)/model_final.pth
 
 # The main job on the built-in data: trains configs/quickstart.yaml on the CPU, evaluates with
 # COCOEvaluator, draws the first val images' predictions (at 3x: the images are 160x128, and at
