@@ -9,7 +9,9 @@ memory is the growth of the resident set (/proc/self/status VmHWM after resettin
 a child process whose allocator returns every large block to the OS (MALLOC_MMAP_THRESHOLD_), so
 that each call's own peak shows; the timings run in this process, with the allocator as usual.
 Then the op's batch scaling at the encoder shape: per-image time at batch 1, 2 and 4 and its ratio
-to batch 1, with the system time per call, where the page faults of fresh output memory show.
+to batch 1, with the system time per call, where the page faults of fresh output memory show:
+with glibc's defaults (this process), and on the CPU again in a child process whose glibc keeps
+freed memory (KEEP_MEMORY), where the kernels' own scaling shows.
 
 Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] \\
            [--dtypes float32 bfloat16]
@@ -114,13 +116,20 @@ def each_case(dtypes, device):
                 )
 
 
-def batch_scaling(dtypes, device, rounds=7):
+# glibc's settings under which freed blocks stay in the process (no page faults on reuse); a
+# deployer's choice, as jemalloc or tcmalloc would be
+KEEP_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+
+
+def batch_scaling(dtypes, device, title, rounds=7):
     """Prints the op's per-image time at the encoder shape at each batch of BATCHES and its ratio
     to batch 1, forward and forward+backward. The batches take turns in each round, so that they
     share the machine's noise; medians over the rounds. sys: the process's system time per call,
     on the CPU mostly page faults: glibc maps a block over 32 MiB (an encoder output from batch 2
     on) fresh on every call, where batch 1's come back from its heap."""
-    print(f"\nbatch scaling, encoder: median of {rounds} rounds; x b1 = per-image ms / batch 1's")
+    print(
+        f"\nbatch scaling, encoder, {title}: median of {rounds} rounds; x b1 = per-image ms / b1's"
+    )
     header = (
         f"{'dtype':<10}{'pass':<9}{'batch':>6}{'ms':>9}{'ms/image':>10}{'x b1':>7}{'sys ms':>8}"
     )
@@ -172,8 +181,12 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.scaling_child:
+        batch_scaling(args.dtypes, device, "glibc keeping freed memory (child process)")
+        return
     if args.memory_child:
         rows = [
             [[c, d, p], [peak_extra_mb(op), peak_extra_mb(ref)]]
@@ -199,7 +212,10 @@ def main():
             f"{t_ref / t_op:>9.1f}x{mem_op:>9.0f}{mem_ref:>9.0f}{io:>8.0f}",
             flush=True,
         )
-    batch_scaling(args.dtypes, device)
+    batch_scaling(args.dtypes, device, "glibc's defaults")
+    if device.type == "cpu":
+        cmd = [sys.executable, __file__, "--scaling-child", "--dtypes", *args.dtypes]
+        subprocess.run(cmd, env=dict(os.environ, **KEEP_MEMORY), check=True)
 
 
 if __name__ == "__main__":
