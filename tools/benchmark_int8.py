@@ -95,9 +95,9 @@ def main():
     WeightsCheckpointer(model).load(args.weights)
     val = cfg.DATASETS.TEST[0]
     images = calibration_images(cfg, args.calibration)
-    rows, build_s = {}, {}
+    rows, paths = {}, {}  # rows: path -> (AP, s / image, build s)
     with tempfile.TemporaryDirectory() as folder:
-        paths = {}
+        rows["eager float32"] = (*evaluate(cfg, model, val, folder), 0.0)
         for name, calibration in (("float32", None), ("int8", images)):
             start = time.perf_counter()
             paths[name] = export.export_aoti(
@@ -107,10 +107,11 @@ def main():
                 max_side=cfg.INPUT.MAX_SIZE_TEST,
                 calibration=calibration,
             )
-            build_s[name] = time.perf_counter() - start
-        rows["eager float32"] = evaluate(cfg, model, val, folder)
-        for name, path in paths.items():
-            rows[f"AOTInductor {name}"] = evaluate(cfg, PackageModel(path), val, folder)
+            built = time.perf_counter() - start
+            rows[f"AOTInductor {name}"] = (
+                *evaluate(cfg, PackageModel(paths[name]), val, folder),
+                built,
+            )
         first = next(iter(Trainer.build_test_loader(cfg, val)))[0]["image"].float()
         diff = export.compare_detections(
             export.run_aoti(paths["float32"], first), export.run_aoti(paths["int8"], first)
@@ -120,8 +121,7 @@ def main():
         f"{torch.get_num_threads()} threads, int8 calibrated on {len(images)} images"
     )
     print(f"{'path':<22} {'AP':>6} {'s / image':>10} {'build s':>8}")
-    for name, (ap, seconds) in rows.items():
-        built = build_s.get(name.split()[-1]) if name.startswith("AOT") else 0.0
+    for name, (ap, seconds, built) in rows.items():
         print(f"{name:<22} {ap:6.1f} {seconds:10.4f} {built:8.1f}")
     print(
         f"int8 vs float32 package on the first val image: {diff['count'][1]} of "

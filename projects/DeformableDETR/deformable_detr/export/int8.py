@@ -2,10 +2,11 @@
 (symmetric, one scale per output channel) and uint8 activations (one scale and zero point per
 tensor, calibrated), through torchao's PT2E flow with its X86InductorQuantizer. Inductor,
 with freezing on (aoti.py), fuses each quantize/dequantize pair with its layer into oneDNN's
-int8 kernels (VNNI on AVX-512 or AVX2 CPUs). The deformable attention op, the softmax, the
-normalisations and the box arithmetic stay float32.
+int8 kernels (VNNI on AVX-512 or AVX2 CPUs). The deformable attention op, the decoder's
+self-attention (nn.MultiheadAttention, whose projections the quantizer does not match), the
+softmax, the normalisations and the box arithmetic stay float32.
 
-torchao is an optional dependency (requirements.txt installs it): only this module imports it.
+torchao (in requirements.txt) is imported only when a package is quantised.
 
 Shapes: images (3, H, W) float on a 0-255 scale, in the model's input format.
 """
