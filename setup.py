@@ -85,6 +85,7 @@ setup(
     description="Deformable DETR as a Detectron2 project",
     package_dir={"": "projects/DeformableDETR"},
     packages=find_packages("projects/DeformableDETR"),
+    py_modules=["ddetr_malloc"],  # the scripts' mimalloc preload, importable before torch
     python_requires=">=3.10",
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -26,6 +26,11 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "DeformableDETR")
 )
 
+import ddetr_malloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
 from deformable_detr import lazy_engine  # noqa: E402
@@ -103,7 +108,10 @@ def main(args):
     default_setup(cfg, args)
     settings = read_settings(cfg, lazy)
     # this project's log lines (e.g. fine-tuning's "class heads: ...") go where Detectron2's go
-    setup_logger(settings.output_dir, distributed_rank=comm.get_rank(), name="deformable_detr")
+    logger = setup_logger(
+        settings.output_dir, distributed_rank=comm.get_rank(), name="deformable_detr"
+    )
+    logger.info(f"malloc: {ddetr_malloc.allocator_in_use()} (ddetr_malloc)")
     register_datasets(settings.datasets)
     if lazy:
         run = lazy_engine.evaluate if args.eval_only else lazy_engine.do_train

@@ -21,6 +21,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
+import ddetr_malloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import get_config  # noqa: E402
 from deformable_detr.data.augmentation import detr_resized_size  # noqa: E402

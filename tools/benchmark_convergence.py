@@ -31,6 +31,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
+import ddetr_malloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402

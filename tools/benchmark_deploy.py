@@ -38,6 +38,11 @@ from importlib.util import find_spec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects", "DeformableDETR"))
 
+import ddetr_malloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import export  # noqa: E402
 
@@ -67,7 +72,8 @@ def peak_memory_mib(name, height, width):
 
 
 def measure_memory(name, height, width):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env = dict(ddetr_malloc.system_env(), MALLOC_MMAP_THRESHOLD_="65536")
+    env["MALLOC_TRIM_THRESHOLD_"] = "0"
     out = subprocess.run(
         [
             sys.executable,
@@ -162,6 +168,17 @@ def agreement(name, run, model, image):
     )
 
 
+def glibc_eager_seconds(args):
+    """Median s/image of the eager path in a child process on glibc's malloc: what this process's
+    mimalloc (ddetr_malloc) saves."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--glibc-eager", "--repeat", str(args.repeat)]
+    cmd += ["--height", str(args.height), "--width", str(args.width)]
+    out = subprocess.run(cmd, env=ddetr_malloc.system_env(), capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -174,7 +191,10 @@ def main():
         help="skip the peak memory (a child process per path builds it again)",
     )
     parser.add_argument("--memory-of", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--glibc-eager", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.glibc_eager:
+        args.paths = ["eager"]
     check_packages(parser, [args.memory_of] if args.memory_of else args.paths)
     if args.memory_of:
         print(json.dumps(peak_memory_mib(args.memory_of, args.height, args.width)))
@@ -194,6 +214,9 @@ def main():
                 start = time.perf_counter()
                 run(image)
                 times[name].append(time.perf_counter() - start)
+        if args.glibc_eager:
+            print(json.dumps(statistics.median(times["eager"])))
+            return
         agreements = [agreement(n, runners[n], model, image) for n in CHECKED if n in runners]
         profiles = {}
         if "eager" in runners:
@@ -224,6 +247,12 @@ def main():
         ratio = f"{base / median:8.2f}x" if base else "-"
         vs_hf = f"{hf / median:6.2f}x" if hf else "-"
         print(f"{name:<12} {median:10.3f} {ratio:>9} {vs_hf:>7} {memory} {build_s[name]:8.1f}")
+    glibc = glibc_eager_seconds(args) if base else None
+    if glibc:
+        print(
+            f"eager on glibc's malloc (child process): {glibc:.3f} s / image; this process "
+            f"({ddetr_malloc.allocator_in_use()} malloc) runs it {glibc / base:.2f}x faster"
+        )
     for line in agreements:
         print(line)
     for title, shares in profiles.items():

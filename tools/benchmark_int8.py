@@ -25,6 +25,11 @@ sys.path.insert(
     ),
 )
 
+import ddetr_malloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
 from deformable_detr import export, get_config  # noqa: E402
 from deformable_detr.data import register_shapes_datasets  # noqa: E402
 from deformable_detr.engine import Trainer, WeightsCheckpointer  # noqa: E402

@@ -6,12 +6,13 @@ not absolute times across runs) at the shapes of Deformable DETR on an 800x1333 
 and decoder, see ms_deform_attn_shapes.py).
 Prints median times, speed-up ratios and the peak extra memory of each call. On the CPU the
 memory is the growth of the resident set (/proc/self/status VmHWM after resetting it), measured in
-a child process whose allocator returns every large block to the OS (MALLOC_MMAP_THRESHOLD_), so
-that each call's own peak shows; the timings run in this process, with the allocator as usual.
+a child process on glibc's malloc set to return every large block to the OS
+(MALLOC_MMAP_THRESHOLD_), so that each call's own peak shows; the timings run in this process, on
+mimalloc as every script of the project (ddetr_malloc).
 Then the op's batch scaling at the encoder shape: per-image time at batch 1, 2 and 4 and its ratio
-to batch 1, with the system time per call, where the page faults of fresh output memory show:
-with glibc's defaults (this process), and on the CPU again in a child process whose glibc keeps
-freed memory (KEEP_MEMORY), where the kernels' own scaling shows.
+to batch 1, with the system time per call: in this process, and on the CPU again in a child
+process on glibc's malloc, where the page faults of fresh output memory show (glibc maps every
+block over 32 MiB afresh: an encoder output from batch 2 on).
 
 Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] \\
            [--dtypes float32 bfloat16]
@@ -19,19 +20,23 @@ Usage: python tools/benchmark_ms_deform_attn.py [--repeat 3] [--device cpu] \\
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-import torch
+import ddetr_malloc
 
-from deformable_detr.layers.ms_deform_attn_op import kernel_available, ms_deform_attn
-from deformable_detr.layers.ms_deform_attn_ref import ms_deform_attn_pytorch
-from ms_deform_attn_shapes import make_inputs  # tools/, the script's folder
-from resident_memory import peak_rss_growth_mib
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
+import torch  # noqa: E402
+
+from deformable_detr.layers.ms_deform_attn_op import kernel_available, ms_deform_attn  # noqa: E402
+from deformable_detr.layers.ms_deform_attn_ref import ms_deform_attn_pytorch  # noqa: E402
+from ms_deform_attn_shapes import make_inputs  # noqa: E402  (tools/, the script's folder)
+from resident_memory import peak_rss_growth_mib  # noqa: E402
 
 
 def peak_extra_mb(fn):
@@ -116,17 +121,11 @@ def each_case(dtypes, device):
                 )
 
 
-# glibc's settings under which freed blocks stay in the process (no page faults on reuse); a
-# deployer's choice, as jemalloc or tcmalloc would be
-KEEP_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
-
-
 def batch_scaling(dtypes, device, title, rounds=7):
     """Prints the op's per-image time at the encoder shape at each batch of BATCHES and its ratio
     to batch 1, forward and forward+backward. The batches take turns in each round, so that they
     share the machine's noise; medians over the rounds. sys: the process's system time per call,
-    on the CPU mostly page faults: glibc maps a block over 32 MiB (an encoder output from batch 2
-    on) fresh on every call, where batch 1's come back from its heap."""
+    on the CPU mostly page faults of freshly mapped memory (module docstring)."""
     print(
         f"\nbatch scaling, encoder, {title}: median of {rounds} rounds; x b1 = per-image ms / b1's"
     )
@@ -169,7 +168,7 @@ def measure_memory(dtypes, device):
             (c, d, p): (peak_extra_mb(op), peak_extra_mb(ref))
             for c, d, p, op, ref, _ in each_case(dtypes, device)
         }
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(ddetr_malloc.system_env(), MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, __file__, "--memory-child", "--device", str(device), "--dtypes", *dtypes]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return {tuple(k): tuple(v) for k, v in json.loads(out.splitlines()[-1])}
@@ -185,7 +184,7 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.scaling_child:
-        batch_scaling(args.dtypes, device, "glibc keeping freed memory (child process)")
+        batch_scaling(args.dtypes, device, "glibc's malloc (child process)")
         return
     if args.memory_child:
         rows = [
@@ -212,10 +211,10 @@ def main():
             f"{t_ref / t_op:>9.1f}x{mem_op:>9.0f}{mem_ref:>9.0f}{io:>8.0f}",
             flush=True,
         )
-    batch_scaling(args.dtypes, device, "glibc's defaults")
+    batch_scaling(args.dtypes, device, f"{ddetr_malloc.allocator_in_use()} malloc")
     if device.type == "cpu":
         cmd = [sys.executable, __file__, "--scaling-child", "--dtypes", *args.dtypes]
-        subprocess.run(cmd, env=dict(os.environ, **KEEP_MEMORY), check=True)
+        subprocess.run(cmd, env=ddetr_malloc.system_env(), check=True)
 
 
 if __name__ == "__main__":

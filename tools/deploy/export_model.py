@@ -48,6 +48,11 @@ sys.path.insert(
     ),
 )
 
+import ddetr_malloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # on mimalloc (ddetr_malloc), before torch's import, which it repeats
+    ddetr_malloc.reexec_with_mimalloc()
+
 # deformable_detr first: it silences detectron2's import-time deprecation warning
 from deformable_detr import DeformableDETR, get_config  # noqa: E402
 from deformable_detr.data import build_detr_augmentation, read_image  # noqa: E402

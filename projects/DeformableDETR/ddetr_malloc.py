@@ -1,0 +1,110 @@
+"""Runs this project's scripts on mimalloc, a caching malloc, in place of glibc's.
+
+Why: glibc gives every freed block over 32 MiB back to the kernel, so the next block of that size
+is mapped afresh and the kernel zeroes it page by page. At 800x1333 most of the model's tensors
+are that large (res2's output is 68 MB, the encoder's FFN 91 MB per image), and on the CPU the page
+faults cost a quarter of an eager inference and make the op's per-image time grow with the batch.
+mimalloc keeps freed memory for reuse. Measured on 2 cores: ddetr_r50's eager inference of one
+800x1333 image 3.21 -> 2.35 s, its AOTInductor package 1.69 -> 1.25 s; the op's float32
+forward+backward at batch 4, per image, 1.54x batch 1's -> 1.01x (docs/deploy.md, docs/op.md).
+
+How: LD_PRELOAD only acts when a process starts, so each script calls `reexec_with_mimalloc()`
+before its imports; it executes the same command line again, once, with the library of the
+cmeel-mimalloc wheel (requirements.txt) first in LD_PRELOAD. Processes started from there (the
+workers of `--num-gpus`, compilers) inherit it. Left as they are: DDETR_MALLOC=system (the opt-out),
+an LD_PRELOAD that already names an allocator (jemalloc, tcmalloc, mimalloc: the user's choice), a
+system other than Linux, and a session with no script file (python -c, stdin). Without the wheel
+the script goes on with a warning.
+
+For your own process (a server around DefaultPredictor or run_aoti):
+    LD_PRELOAD=$(python -m ddetr_malloc) python serve.py
+
+Standard library only: it runs before torch is imported, and outside the deformable_detr package,
+whose import takes seconds that the re-execution would pay twice.
+"""
+
+import os
+import sys
+import warnings
+from importlib import metadata
+from typing import Dict, Optional
+
+ENV = "DDETR_MALLOC"  # "mimalloc" (the default) or "system" (glibc's malloc, as the process had it)
+CHOICES = ("mimalloc", "system")
+ALLOCATORS = ("mimalloc", "jemalloc", "tcmalloc")  # preloaded malloc libraries, told by file name
+
+__all__ = ["ENV", "allocator_in_use", "mimalloc_library", "reexec_with_mimalloc", "system_env"]
+
+
+def mimalloc_library() -> Optional[str]:
+    """Path of libmimalloc.so from the installed cmeel-mimalloc wheel, or None without it."""
+    try:
+        files = metadata.files("cmeel-mimalloc") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == "libmimalloc.so" and os.path.isfile(f.locate()):
+            return os.path.realpath(f.locate())
+    return None
+
+
+def allocator_in_use() -> str:
+    """The malloc this process runs on: one of ALLOCATORS when its library is mapped into the
+    process, else "system" (glibc's on Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "system"
+    names = [name for name in ALLOCATORS if f"lib{name}" in maps]
+    return names[0] if names else "system"
+
+
+def _choice() -> str:
+    choice = os.environ.get(ENV, "mimalloc")
+    if choice not in CHOICES:
+        raise SystemExit(f"{ENV} must be one of {', '.join(CHOICES)}, got {choice!r}")
+    return choice
+
+
+def reexec_with_mimalloc() -> None:
+    """Executes this script's command line again with mimalloc preloaded, unless one of the cases
+    of the module's docstring leaves the process as it is. Returns only in those cases; call it
+    before starting threads or importing torch."""
+    if sys.platform != "linux" or _choice() == "system" or not os.path.isfile(sys.argv[0]):
+        return
+    preload = os.environ.get("LD_PRELOAD", "")
+    if any(name in preload for name in ALLOCATORS):
+        return  # chosen by the user, or this is the re-executed process
+    library = mimalloc_library()
+    if library is None:
+        warnings.warn(
+            "cmeel-mimalloc is not installed (pip install -r requirements.txt): running on "
+            "glibc's malloc, whose page faults slow the CPU path (ddetr_malloc's docstring)",
+            stacklevel=2,
+        )
+        return
+    env = dict(os.environ, LD_PRELOAD=f"{library}:{preload}" if preload else library)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def system_env() -> Dict[str, str]:
+    """This process's environment for a child that must run on glibc's malloc (the benchmarks'
+    memory measurements and their baselines): mimalloc out of LD_PRELOAD, DDETR_MALLOC=system."""
+    env = dict(os.environ, **{ENV: "system"})
+    kept = [p for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
+    kept = [p for p in kept if "libmimalloc" not in os.path.basename(p)]
+    if kept:
+        env["LD_PRELOAD"] = ":".join(kept)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
+
+
+if __name__ == "__main__":
+    path = mimalloc_library()
+    if path is None:
+        raise SystemExit("cmeel-mimalloc is not installed: pip install -r requirements.txt")
+    print(path)
