@@ -11,26 +11,34 @@ forward+backward at batch 4, per image, 1.54x batch 1's -> 1.01x (docs/deploy.md
 How: LD_PRELOAD only acts when a process starts, so each script calls `reexec_with_mimalloc()`
 before its imports; it executes the same command line again, once, with the library of the
 cmeel-mimalloc wheel (requirements.txt) first in LD_PRELOAD. Processes started from there (the
-workers of `--num-gpus`, compilers) inherit it. Left as they are: DDETR_MALLOC=system (the opt-out),
-an LD_PRELOAD that already names an allocator (jemalloc, tcmalloc, mimalloc: the user's choice), a
-system other than Linux, and a session with no script file (python -c, stdin). Without the wheel
-the script goes on with a warning.
+workers of `--num-gpus`, compilers) inherit it. It also sets TBB_ENABLE_SANITIZERS=1: oneTBB
+(under OpenVINO) loads its hwloc binding with RTLD_DEEPBIND, and hwloc then frees mimalloc's
+memory with glibc's free (an abort, oneTBB issue 1636); the variable makes oneTBB load it plainly.
+
+DDETR_MALLOC chooses: "auto" (the default) preloads mimalloc on machines without a GPU device
+(/dev/nvidia*, /dev/kfd), where the model runs on the CPU, and leaves GPU machines as
+they are until mimalloc has been run there with CUDA; "mimalloc" preloads it anyway; "system"
+never does. Left as they are too: an LD_PRELOAD that already names an allocator (jemalloc,
+tcmalloc, mimalloc: the user's choice), a system other than Linux, and a session with no script
+file (python -c, stdin). Without the wheel the script goes on with a warning.
 
 For your own process (a server around DefaultPredictor or run_aoti):
-    LD_PRELOAD=$(python -m ddetr_malloc) python serve.py
+    LD_PRELOAD=$(python -m ddetr_malloc) TBB_ENABLE_SANITIZERS=1 python serve.py
 
 Standard library only: it runs before torch is imported, and outside the deformable_detr package,
 whose import takes seconds that the re-execution would pay twice.
 """
 
+import glob
 import os
 import sys
 import warnings
 from importlib import metadata
 from typing import Dict, Optional
 
-ENV = "DDETR_MALLOC"  # "mimalloc" (the default) or "system" (glibc's malloc, as the process had it)
-CHOICES = ("mimalloc", "system")
+ENV = "DDETR_MALLOC"  # "auto" (the default), "mimalloc" or "system" (module docstring)
+CHOICES = ("auto", "mimalloc", "system")
+GPU_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd")  # NVIDIA's and AMD's device files
 ALLOCATORS = ("mimalloc", "jemalloc", "tcmalloc")  # preloaded malloc libraries, told by file name
 
 __all__ = ["ENV", "allocator_in_use", "mimalloc_library", "reexec_with_mimalloc", "system_env"]
@@ -60,18 +68,20 @@ def allocator_in_use() -> str:
     return names[0] if names else "system"
 
 
-def _choice() -> str:
-    choice = os.environ.get(ENV, "mimalloc")
+def _wants_mimalloc() -> bool:
+    choice = os.environ.get(ENV, "auto")
     if choice not in CHOICES:
         raise SystemExit(f"{ENV} must be one of {', '.join(CHOICES)}, got {choice!r}")
-    return choice
+    if choice == "auto":
+        return not any(glob.glob(pattern) for pattern in GPU_DEVICES)
+    return choice == "mimalloc"
 
 
 def reexec_with_mimalloc() -> None:
     """Executes this script's command line again with mimalloc preloaded, unless one of the cases
     of the module's docstring leaves the process as it is. Returns only in those cases; call it
     before starting threads or importing torch."""
-    if sys.platform != "linux" or _choice() == "system" or not os.path.isfile(sys.argv[0]):
+    if sys.platform != "linux" or not _wants_mimalloc() or not os.path.isfile(sys.argv[0]):
         return
     preload = os.environ.get("LD_PRELOAD", "")
     if any(name in preload for name in ALLOCATORS):
@@ -85,6 +95,7 @@ def reexec_with_mimalloc() -> None:
         )
         return
     env = dict(os.environ, LD_PRELOAD=f"{library}:{preload}" if preload else library)
+    env.setdefault("TBB_ENABLE_SANITIZERS", "1")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -36,16 +36,19 @@ before = faults()
 x = torch.empty(n); x.fill_(2)
 refill = faults() - before
 print(json.dumps({{"allocator": ddetr_malloc.allocator_in_use(), "argv": sys.argv[1:],
-                   "preload": os.environ.get("LD_PRELOAD", ""), "refill_faults": refill}}))
+                   "preload": os.environ.get("LD_PRELOAD", ""), "refill_faults": refill,
+                   "tbb": os.environ.get("TBB_ENABLE_SANITIZERS")}}))
 """
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and /proc are Linux's")
 
 
 def clean_env(**extra):
-    """The test process's environment without any allocator choice, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", ddetr_malloc.ENV)}
-    return dict(env, OMP_NUM_THREADS="1", **extra)
+    """The test process's environment without any allocator choice, DDETR_MALLOC=mimalloc (its
+    default, "auto", leaves a machine with a GPU as it is), plus `extra`."""
+    drop = ("LD_PRELOAD", ddetr_malloc.ENV, "TBB_ENABLE_SANITIZERS")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return dict(env, OMP_NUM_THREADS="1", **{ddetr_malloc.ENV: "mimalloc", **extra})
 
 
 def run_script(tmp_path, env, *args):
@@ -90,13 +93,14 @@ def test_script_reexecutes_on_mimalloc_with_its_arguments(tmp_path):
     assert got["allocator"] == "mimalloc"
     assert got["argv"] == args
     assert got["preload"] == ddetr_malloc.mimalloc_library()
+    assert got["tbb"] == "1"  # oneTBB loads hwloc without RTLD_DEEPBIND (OpenVINO's abort)
     # the freed block came back: far fewer faults than its pages (measured: 0 of 16384)
     assert got["refill_faults"] < PAGES / 16, got
 
 
 def test_opt_out_keeps_glibc_which_faults_on_every_page(tmp_path):
     got = report(run_script(tmp_path, clean_env(**{ddetr_malloc.ENV: "system"})))
-    assert got["allocator"] == "system" and got["preload"] == ""
+    assert got["allocator"] == "system" and got["preload"] == "" and got["tbb"] is None
     if not thp_always():  # with 2 MiB pages everywhere, 512 times fewer faults
         # the control: glibc maps the 64 MiB afresh, every page faults (measured: 16385)
         assert got["refill_faults"] >= PAGES * 0.9, got
@@ -112,21 +116,38 @@ def test_users_allocator_left_alone(tmp_path):
 
 def test_other_preloads_kept_after_mimalloc(tmp_path):
     other = str(tmp_path / "libother.so")  # not an allocator: mimalloc goes first, it stays
-    got = report(run_script(tmp_path, clean_env(LD_PRELOAD=other)))
-    assert got["allocator"] == "mimalloc"
+    got = report(run_script(tmp_path, clean_env(LD_PRELOAD=other, TBB_ENABLE_SANITIZERS="0")))
+    assert got["allocator"] == "mimalloc" and got["tbb"] == "0"  # the user's value stays
     assert got["preload"] == f"{ddetr_malloc.mimalloc_library()}:{other}"
 
 
 def test_bad_choice_named(tmp_path):
     done = run_script(tmp_path, clean_env(**{ddetr_malloc.ENV: "fast"}))
     assert done.returncode != 0
-    assert "DDETR_MALLOC must be one of mimalloc, system, got 'fast'" in done.stderr
+    assert "DDETR_MALLOC must be one of auto, mimalloc, system, got 'fast'" in done.stderr
+
+
+def test_auto_leaves_gpu_machines_as_they_are(tmp_path, monkeypatch):
+    device = tmp_path / "nvidia0"
+    monkeypatch.setattr(ddetr_malloc, "GPU_DEVICES", (str(tmp_path / "nvidia[0-9]*"),))
+    for choice, gpu, wanted in [
+        ("auto", False, True),
+        ("auto", True, False),
+        ("mimalloc", True, True),
+        ("system", False, False),
+    ]:
+        if gpu:
+            device.touch()
+        elif device.exists():
+            device.unlink()
+        monkeypatch.setenv(ddetr_malloc.ENV, choice)
+        assert ddetr_malloc._wants_mimalloc() is wanted, (choice, gpu)
 
 
 def test_missing_wheel_warns_and_goes_on(monkeypatch):
     monkeypatch.setattr(ddetr_malloc, "mimalloc_library", lambda: None)
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    monkeypatch.delenv(ddetr_malloc.ENV, raising=False)
+    monkeypatch.setenv(ddetr_malloc.ENV, "mimalloc")
     monkeypatch.setattr(sys, "argv", [os.path.abspath(__file__)])
     with pytest.warns(UserWarning, match="cmeel-mimalloc is not installed"):
         ddetr_malloc.reexec_with_mimalloc()  # returns: no exec without the library
