@@ -3,10 +3,11 @@
 Why: glibc gives every freed block over 32 MiB back to the kernel, so the next block of that size
 is mapped afresh and the kernel zeroes it page by page. At 800x1333 most of the model's tensors
 are that large (res2's output is 68 MB, the encoder's FFN 91 MB per image), and on the CPU the page
-faults cost a quarter of an eager inference and make the op's per-image time grow with the batch.
-mimalloc keeps freed memory for reuse. Measured on 2 cores: ddetr_r50's eager inference of one
-800x1333 image 3.21 -> 2.35 s, its AOTInductor package 1.69 -> 1.25 s; the op's float32
-forward+backward at batch 4, per image, 1.54x batch 1's -> 1.01x (docs/deploy.md, docs/op.md).
+faults slow every large op and make the op's per-image time grow with the batch. mimalloc keeps
+freed memory for reuse. Measured on 2 cores: ddetr_r50's eager inference of one 800x1333 image,
+median 2.96 s over 7 processes on glibc against 2.40 s over 4 on mimalloc, taking turns (1.23x;
+single pairs 1.04x-1.37x); the op's float32 forward+backward at batch 4, per image, 1.54x batch
+1's on glibc, 1.01x on mimalloc (docs/deploy.md, docs/op.md).
 
 How: LD_PRELOAD only acts when a process starts, so each script calls `reexec_with_mimalloc()`
 before its imports; it executes the same command line again, once, with the library of the
