@@ -20,8 +20,9 @@ DDETR_MALLOC chooses: "auto" (the default) preloads mimalloc on machines without
 (/dev/nvidia*, /dev/kfd), where the model runs on the CPU, and leaves GPU machines as
 they are until mimalloc has been run there with CUDA; "mimalloc" preloads it anyway; "system"
 never does. Left as they are too: an LD_PRELOAD that already names an allocator (jemalloc,
-tcmalloc, mimalloc: the user's choice), a system other than Linux, and a session with no script
-file (python -c, stdin). Without the wheel the script goes on with a warning.
+tcmalloc, mimalloc: the user's choice), a system other than Linux, a session with no script file
+(python -c, stdin), and a script that another program runs inside its own process (runpy: its
+command line would start that program again). Without the wheel the script goes on with a warning.
 
 For your own process (a server around DefaultPredictor or run_aoti):
     LD_PRELOAD=$(python -m ddetr_malloc) TBB_ENABLE_SANITIZERS=1 python serve.py
@@ -78,11 +79,25 @@ def _wants_mimalloc() -> bool:
     return choice == "mimalloc"
 
 
+def _started_as_this_script() -> bool:
+    """Whether running sys.orig_argv again runs this script with these arguments: the process was
+    started as `python [options] SCRIPT ARGS` or `python [options] -m MODULE ARGS`. Not so when
+    another program runs the script inside its own process (runpy, as the tests run demo.py): its
+    command line would start that program again."""
+    argv, orig = sys.argv, sys.orig_argv
+    start = len(orig) - len(argv)  # where the script's own command line begins in orig
+    if start < 1 or orig[start + 1 :] != argv[1:] or not os.path.isfile(argv[0]):
+        return False
+    if orig[start - 1] == "-m":
+        return orig[start].rsplit(".", 1)[-1] == os.path.splitext(os.path.basename(argv[0]))[0]
+    return os.path.isfile(orig[start]) and os.path.samefile(orig[start], argv[0])
+
+
 def reexec_with_mimalloc() -> None:
     """Executes this script's command line again with mimalloc preloaded, unless one of the cases
     of the module's docstring leaves the process as it is. Returns only in those cases; call it
     before starting threads or importing torch."""
-    if sys.platform != "linux" or not _wants_mimalloc() or not os.path.isfile(sys.argv[0]):
+    if sys.platform != "linux" or not _wants_mimalloc() or not _started_as_this_script():
         return
     preload = os.environ.get("LD_PRELOAD", "")
     if any(name in preload for name in ALLOCATORS):

@@ -149,6 +149,7 @@ def test_missing_wheel_warns_and_goes_on(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.setenv(ddetr_malloc.ENV, "mimalloc")
     monkeypatch.setattr(sys, "argv", [os.path.abspath(__file__)])
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, os.path.abspath(__file__)])
     with pytest.warns(UserWarning, match="cmeel-mimalloc is not installed"):
         ddetr_malloc.reexec_with_mimalloc()  # returns: no exec without the library
 
@@ -160,3 +161,44 @@ def test_system_env_takes_only_mimalloc_out(monkeypatch):
     assert env["LD_PRELOAD"] == "/opt/libother.so" and env[ddetr_malloc.ENV] == "system"
     monkeypatch.setenv("LD_PRELOAD", library)
     assert "LD_PRELOAD" not in ddetr_malloc.system_env()
+
+
+@pytest.mark.parametrize(
+    "orig, argv, started",
+    [
+        (["python", "demo.py", "--x", "1"], ["demo.py", "--x", "1"], True),
+        (["python", "-u", "-X", "dev", "demo.py"], ["demo.py"], True),
+        (["python", "-m", "tools.demo", "--x"], ["demo.py", "--x"], True),
+        # a test (or a user's program) runs demo.py in its own process with runpy: no exec, which
+        # would start pytest again (the suite ran twice and stopped, in CI)
+        (["python", "-m", "pytest", "tests", "-q"], ["demo.py", "--x"], False),
+        (["python", "-m", "pytest", "tests"], ["demo.py", "tests"], False),
+        (["python", "run.py", "--x"], ["demo.py", "--x"], False),
+        (["python", "-c", "pass"], ["-c"], False),
+    ],
+)
+def test_exec_only_when_the_command_line_runs_the_script(
+    tmp_path, monkeypatch, orig, argv, started
+):
+    monkeypatch.chdir(tmp_path)
+    for name in ("demo.py", "run.py"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setattr(sys, "orig_argv", orig)
+    monkeypatch.setattr(sys, "argv", argv)
+    assert ddetr_malloc._started_as_this_script() is started
+
+
+def test_script_run_by_another_program_in_its_process_does_not_exec(tmp_path):
+    # runpy.run_path(SCRIPT, run_name="__main__") inside a -c program: the command line is the
+    # program's, so the script goes on, on the program's malloc, with the argv it was given
+    script = tmp_path / "entry.py"
+    script.write_text(SCRIPT)
+    program = (
+        f"import runpy, sys; sys.argv = [{str(script)!r}, 'a']; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=clean_env(), capture_output=True, text=True
+    )
+    got = report(done)
+    assert got["allocator"] == "system" and got["argv"] == ["a"] and got["preload"] == ""
