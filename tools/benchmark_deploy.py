@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""End-to-end inference of the deploy formats on the CPU, side by side in one process.
+"""End-to-end inference of the deploy formats on the CPU, each in its own process, taking turns.
 
 ddetr_r50 (random weights: time does not depend on them), batch 1, one 800x1333 image, through
 the single-image module that every export runs (deformable_detr.export.DetectionExportWrapper):
@@ -10,15 +10,21 @@ TorchScript, and Hugging Face transformers' DeformableDetrForObjectDetection wit
 weights on the same normalised image, with its own top-k post-processing ("hf":
 tools/hf_reference.py). The runners are in tools/deploy_runners.py; openvino and transformers
 come with requirements-bench.txt (`make bench` installs it).
-Each path is built once, run twice to warm up, then the paths take turns --repeat times (so that
-the machine's drift hits all alike). Prints the median time per image, its ratio to eager
-("speed-up") and Hugging Face's time over it ("vs HF"), the peak memory of one inference
-(growth of the resident set over the warm process, measured in a child process per path whose
-allocator returns large blocks to the system, so that each run's own peak shows), the build time,
-whether OpenVINO's and HF's detections agree with eager's (compare_detections), and profiles:
-eager and torch.compile by kind of operator (what bounds the compiled paths), ONNX Runtime by
-operator type. The machines are shared and noisy: compare the ratios, not absolute times across
-runs.
+
+Each path runs in a worker process of its own, as a service would run it: runtimes sharing one
+process slowed each other (the int8 package took 1.22 s among the others, 0.77 s alone). The
+workers are built one after the other, each warms up twice, then the paths take turns --repeat
+times, one inference each (so that the machine's drift hits all alike), while the others wait
+idle. The workers run on this process's malloc (mimalloc, ddetr_malloc); one more runs eager on
+glibc's malloc, to show what that saves.
+
+Prints the median time per image, its ratio to eager ("speed-up") and Hugging Face's time over it
+("vs HF"), the peak memory of one inference (growth of the resident set over the warm process, in
+a child process per path whose allocator returns large blocks to the system, so that each run's
+own peak shows), the build time, whether OpenVINO's and HF's detections agree with eager's
+(compare_detections), and profiles (tools/deploy_profiles.py): eager and torch.compile by kind of
+operator (what bounds the compiled paths), ONNX Runtime by operator type. The machines are shared
+and noisy: compare the ratios, not absolute times across runs.
 
 Usage: python tools/benchmark_deploy.py [--repeat 5] [--height 800 --width 1333] [--no-memory]
            [--paths eager compile aoti aoti_static aoti_int8 onnx openvino torchscript hf]
@@ -32,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from importlib.util import find_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,11 +55,20 @@ import torch  # noqa: E402
 
 # tools/, the script's folder
 import hf_reference  # noqa: E402
+from deploy_profiles import format_profile, onnx_profile, torch_profile  # noqa: E402
 from deploy_runners import PATHS, REQUIRES, build_model_and_image, make_runner  # noqa: E402
 from resident_memory import peak_rss_growth_mib  # noqa: E402
 
 # the paths whose detections are compared with the eager model's here (the others' are in tests)
 CHECKED = ("openvino", "hf")
+# the paths profiled, with the name of what falls in no kind of operator (None: ONNX Runtime's)
+PROFILED = {
+    "eager": ("eager profile (self CPU time)", "elementwise, copies and the rest"),
+    "compile": ("torch.compile profile (self CPU time)", "generated fused kernels and the rest"),
+    "onnx": ("ONNX Runtime profile (kernel time by operator type)", None),
+}
+GLIBC_EAGER = "eager on glibc's malloc"
+REPLY = "@benchmark_deploy "  # marks a worker's replies on its stdout, where libraries print too
 
 
 def peak_memory_mib(name, height, width):
@@ -71,77 +85,19 @@ def peak_memory_mib(name, height, width):
         return peak_rss_growth_mib(lambda: run(image))
 
 
+def last_line(text):
+    return text.strip().splitlines()[-1] if text.strip() else "?"
+
+
 def measure_memory(name, height, width):
     env = dict(ddetr_malloc.system_env(), MALLOC_MMAP_THRESHOLD_="65536")
     env["MALLOC_TRIM_THRESHOLD_"] = "0"
-    out = subprocess.run(
-        [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--memory-of",
-            name,
-            "--height",
-            str(height),
-            "--width",
-            str(width),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", name]
+    cmd += ["--height", str(height), "--width", str(width)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        return f"failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else '?'}"
+        return f"failed: {last_line(out.stderr)}"
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-KINDS = {
-    "convolutions": ("conv", "mkldnn_convolution"),
-    "matrix products": ("addmm", "::mm", "bmm", "matmul", "linear", "baddbmm"),
-    "deformable attention op": ("deformable_detr::",),
-}
-
-
-def torch_profile(run, image, rest):
-    """Self CPU time of one run by kind of operator, in percent of the total. `rest` names what
-    falls in no kind: elementwise ops and copies in eager; in the compiled path, the kernels that
-    inductor generated and fused (the profiler sees only the operators they call out to)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run(image)
-    totals = defaultdict(float)
-    for event in prof.key_averages():
-        kind = next((k for k, keys in KINDS.items() if any(s in event.key for s in keys)), rest)
-        totals[kind] += event.self_cpu_time_total
-    whole = sum(totals.values())
-    return {k: 100 * v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
-
-
-def onnx_profile(model, image, top=5):
-    """ONNX Runtime's own profile of one run: time by operator type, in percent of the total."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as folder:
-        options.profile_file_prefix = os.path.join(folder, "ort")
-        session = onnxruntime.InferenceSession(
-            export.onnx_bytes(model, image), options, providers=["CPUExecutionProvider"]
-        )
-        session.run(list(export.ONNX_OUTPUTS), {export.ONNX_INPUT: image.numpy()})
-        with open(session.end_profiling()) as f:
-            events = json.load(f)
-    totals = defaultdict(float)
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"]
-    whole = sum(totals.values())
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
-    shares = {k: 100 * v / whole for k, v in ranked[:top]}
-    shares["the rest"] = 100 * sum(v for _, v in ranked[top:]) / whole
-    return shares
-
-
-def format_profile(title, shares):
-    return f"{title}: " + ", ".join(f"{k} {v:.0f}%" for k, v in shares.items())
 
 
 def check_packages(parser, paths):
@@ -168,15 +124,78 @@ def agreement(name, run, model, image):
     )
 
 
-def glibc_eager_seconds(args):
-    """Median s/image of the eager path in a child process on glibc's malloc: what this process's
-    mimalloc (ddetr_malloc) saves."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--glibc-eager", "--repeat", str(args.repeat)]
-    cmd += ["--height", str(args.height), "--width", str(args.width)]
-    out = subprocess.run(cmd, env=ddetr_malloc.system_env(), capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def reply(value):
+    print(REPLY + json.dumps(value), flush=True)
+
+
+def serve(name, height, width):
+    """The worker (--worker NAME): builds the path and warms it up, replies its build time (and,
+    for CHECKED, its agreement with eager), then one reply per line of stdin: "time" the seconds of
+    one inference, "profile" the path's profile; until stdin closes."""
+    cfg, model, image = build_model_and_image(height, width)
+    with tempfile.TemporaryDirectory() as folder:
+        run, build_s = make_runner(name, cfg, model, image, folder)
+        for _ in range(2):  # warm-up; TorchScript's profiling executor optimises on the 2nd
+            run(image)
+        check = agreement(name, run, model, image) if name in CHECKED else None
+        reply({"build_s": build_s, "agreement": check})
+        for command in iter(sys.stdin.readline, ""):
+            if command.strip() == "time":
+                start = time.perf_counter()
+                run(image)
+                reply(time.perf_counter() - start)
+            elif command.strip() == "profile":
+                title, rest = PROFILED[name]
+                shares = (
+                    onnx_profile(model, image) if rest is None else torch_profile(run, image, rest)
+                )
+                reply(format_profile(title, shares))
+
+
+class Worker:
+    """A path's worker process; ask() sends it one command and returns its reply."""
+
+    def __init__(self, name, args, env=None):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name]
+        cmd += ["--height", str(args.height), "--width", str(args.width)]
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            env=env,
+        )  # fmt: skip
+        self.name = name
+
+    def ask(self, command=None):
+        if command is not None:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        for line in iter(self.process.stdout.readline, ""):
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY) :])
+        self.process.wait()
+        self.stderr.seek(0)
+        raise RuntimeError(f"{self.name}: the worker exited ({last_line(self.stderr.read())})")
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+        self.stderr.close()
+
+
+def start_workers(args):
+    """The workers of args.paths (and eager's on glibc), built one after the other: name ->
+    (Worker, its first reply). A path whose build fails is left out, with its error."""
+    wanted = [(name, name, None) for name in args.paths]
+    if "eager" in args.paths and ddetr_malloc.allocator_in_use() != "system":
+        wanted.append((GLIBC_EAGER, "eager", ddetr_malloc.system_env()))
+    workers = {}
+    for label, name, env in wanted:
+        worker = Worker(name, args, env)
+        try:
+            workers[label] = (worker, worker.ask())
+        except RuntimeError as error:
+            print(f"left out: {error}", flush=True)
+    return workers
 
 
 def main():
@@ -191,51 +210,33 @@ def main():
         help="skip the peak memory (a child process per path builds it again)",
     )
     parser.add_argument("--memory-of", choices=PATHS, help=argparse.SUPPRESS)
-    parser.add_argument("--glibc-eager", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.glibc_eager:
-        args.paths = ["eager"]
-    check_packages(parser, [args.memory_of] if args.memory_of else args.paths)
+    one = args.memory_of or args.worker
+    check_packages(parser, [one] if one else args.paths)
     if args.memory_of:
         print(json.dumps(peak_memory_mib(args.memory_of, args.height, args.width)))
         return
+    if args.worker:
+        serve(args.worker, args.height, args.width)
+        return
 
-    cfg, model, image = build_model_and_image(args.height, args.width)
-    runners, build_s = {}, {}
-    with tempfile.TemporaryDirectory() as folder:
-        for name in args.paths:
-            run, seconds = make_runner(name, cfg, model, image, folder)
-            for _ in range(2):  # warm-up; TorchScript's profiling executor optimises on the 2nd
-                run(image)
-            runners[name], build_s[name] = run, seconds
-        times = defaultdict(list)
-        for _ in range(args.repeat):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run(image)
-                times[name].append(time.perf_counter() - start)
-        if args.glibc_eager:
-            print(json.dumps(statistics.median(times["eager"])))
-            return
-        agreements = [agreement(n, runners[n], model, image) for n in CHECKED if n in runners]
-        profiles = {}
-        if "eager" in runners:
-            profiles["eager profile (self CPU time)"] = torch_profile(
-                runners["eager"], image, "elementwise, copies and the rest"
-            )
-        if "compile" in runners:
-            profiles["torch.compile profile (self CPU time)"] = torch_profile(
-                runners["compile"], image, "generated fused kernels and the rest"
-            )
-        if "onnx" in runners:
-            profiles["ONNX Runtime profile (kernel time by operator type)"] = onnx_profile(
-                model, image
-            )
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    workers = start_workers(args)
+    times = {label: [] for label in workers}
+    for _ in range(args.repeat):
+        for label, (worker, _) in workers.items():
+            times[label].append(worker.ask("time"))
+    profiles = [w.ask("profile") for label, (w, _) in workers.items() if label in PROFILED]
+    for worker, _ in workers.values():
+        worker.close()
+
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    glibc = medians.pop(GLIBC_EAGER, None)
     base, hf = medians.get("eager"), medians.get("hf")
     print(
         f"ddetr_r50, CPU, {torch.get_num_threads()} threads, batch 1, {args.height}x"
-        f"{args.width}, median of {args.repeat}"
+        f"{args.width}, median of {args.repeat}, each path in its own process (malloc: "
+        f"{ddetr_malloc.allocator_in_use()})"
     )
     print(
         f"{'path':<12} {'s / image':>10} {'speed-up':>9} {'vs HF':>7} {'peak MiB':>9} "
@@ -246,17 +247,16 @@ def main():
         memory = f"{memory:9.0f}" if isinstance(memory, float) else f"{str(memory):>9}"
         ratio = f"{base / median:8.2f}x" if base else "-"
         vs_hf = f"{hf / median:6.2f}x" if hf else "-"
-        print(f"{name:<12} {median:10.3f} {ratio:>9} {vs_hf:>7} {memory} {build_s[name]:8.1f}")
-    glibc = glibc_eager_seconds(args) if base else None
-    if glibc:
-        print(
-            f"eager on glibc's malloc (child process): {glibc:.3f} s / image; this process "
-            f"({ddetr_malloc.allocator_in_use()} malloc) runs it {glibc / base:.2f}x faster"
-        )
-    for line in agreements:
+        build_s = workers[name][1]["build_s"]
+        print(f"{name:<12} {median:10.3f} {ratio:>9} {vs_hf:>7} {memory} {build_s:8.1f}")
+    if glibc and base:
+        print(f"{GLIBC_EAGER} (its own process, taking turns): {glibc:.3f} s / image; "
+              f"{ddetr_malloc.allocator_in_use()} runs it {glibc / base:.2f}x faster")  # fmt: skip
+    for _, first in workers.values():
+        if first["agreement"]:
+            print(first["agreement"])
+    for line in profiles:
         print(line)
-    for title, shares in profiles.items():
-        print(format_profile(title, shares))
 
 
 if __name__ == "__main__":
