@@ -28,12 +28,7 @@ from backbone_weights_cases import (
     official_vit,
     random_state_dict,
 )
-from checkpoint_cases import (
-    RecordingCheckpointer,
-    randomize_batch_norms,
-    run_tool,
-    write_code_running_file,
-)
+from checkpoint_cases import RecordingCheckpointer, run_tool, write_code_running_file
 from cli_cases import load_script
 from deformable_detr.checkpoint import (
     MVIT,
@@ -46,6 +41,7 @@ from deformable_detr.checkpoint import (
     torchvision_to_detectron2_regnet_name,
 )
 from model_cases import build, model_cfg
+from torchvision_cases import randomize_batch_norms
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -14,10 +14,7 @@ import torchvision
 from checkpoint_cases import (
     RecordingCheckpointer,
     assert_bad_file_refused,
-    assert_same_features,
-    random_resnet50,
     run_tool,
-    torchvision_features,
     write_code_running_file,
 )
 from deformable_detr.checkpoint import (
@@ -26,6 +23,7 @@ from deformable_detr.checkpoint import (
     torchvision_to_detectron2_name,
 )
 from model_cases import build
+from torchvision_cases import assert_same_features, random_resnet50, torchvision_features
 
 ALL_LEVELS = ["MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]]
 

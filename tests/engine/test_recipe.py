@@ -21,18 +21,14 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.solver import build_lr_scheduler
 
-from checkpoint_cases import (
-    RecordingCheckpointer,
-    assert_same_features,
-    random_resnet50,
-    torchvision_features,
-)
+from checkpoint_cases import RecordingCheckpointer
 from cli_cases import load_script
 from deformable_detr.data import build_detr_augmentation
 from deformable_detr.data.augmentation import detr_resized_size
 from deformable_detr.solver import build_optimizer
 from model_cases import RELEASED_CONFIGS, build, model_cfg
 from repo_paths import CONFIG_DIR
+from torchvision_cases import assert_same_features, random_resnet50, torchvision_features
 
 COCO_TRAIN_IMAGES = 118287
 BATCH = 2 * 16  # 2 images per GPU on 16 GPUs
