@@ -6,16 +6,18 @@ bilinear corners, each weighted by its bilinear factor, its attention weight and
 inside its level (zero padding, align_corners=0), then summed over corners, points and levels.
 The corners' rows of D channels are gathered from the value and reduced with one MatMul per
 (head, level): the corner indices and weights are computed once, for all heads and levels, by
-elementwise operators on tensors of one shape (the tests inside the level and the bilinear
-factors once per axis and corner offset, then combined per corner), cut by head and by level with
-one Split each, and each gather copies contiguous rows. A chunk holds N * Lq * P * 4 * D floats
-(45 MB in an encoder layer at 800x1333), so memory stays bounded.
+elementwise operators on tensors of one shape, levels first (the tests inside the level and the
+bilinear factors once per axis and corner offset, then combined per corner), cut by level and by
+head with one Split each, and each gather copies contiguous rows. A chunk holds
+N * Lq * P * 4 * D floats (45 MB in an encoder layer at 800x1333), so memory stays bounded.
 
-Measured on the whole model (ddetr_r50, 800x1333, ONNX Runtime 1.22, 2 threads, mimalloc):
-these two changes took it from 2.52 to 2.36 s (per-corner tests and a Gather per head and level
-to select the pieces, before). Rejected: x and y, and the two offsets of each, on small trailing
-axes to broadcast over (3.60 s: ONNX Runtime broadcasts over small innermost axes element by
-element); one gather per head over all its levels (1.6% faster, for a chunk 4x as large).
+Measured on the whole model (ddetr_r50, 800x1333, ONNX Runtime 1.22, 2 threads, mimalloc), with
+the same outputs: 2.52 s before these changes (tests per corner, a Gather per head and level to
+select the pieces, levels inside), 2.36 s with the first two, 2.24 s with levels first as well:
+ONNX Runtime broadcasts a level's size over an inner axis span by span, 4 points at a time.
+Rejected: x and y, and the two offsets of each, on small trailing axes to broadcast over (3.60 s,
+for the same reason); one gather per head over all its levels (1.6% faster, for a chunk 4x as
+large).
 
 Why not GridSample (one operator per level, the first choice): ONNX Runtime's CPU GridSample
 computes each point's coordinates again for every channel, and took 57% of the whole model's time
@@ -73,10 +75,15 @@ def _static_dim(tensor, axis, what):
 def _corners(g, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """The four bilinear corners of every sampling point: their rows in value's S axis, int64,
     and their weights (bilinear factor x attention weight x inside the level), both
-    (N, Lq, M, L, P, 4). A NaN or infinite location gets row 0 and a NaN weight, so that NaN
-    reaches the output as in the op; a far but finite one gets weight 0."""
-    # (L, 2) rows (H, W) -> (1, 1, 1, L, 1) each, to broadcast over (N, Lq, M, L, P)
-    per_level = _const(g, [1, 1, 1, -1, 1])
+    (L, N, Lq, M, P, 4), levels first. A NaN or infinite location gets row 0 and a NaN weight, so
+    that NaN reaches the output as in the op; a far but finite one gets weight 0."""
+    # levels first, so that a level's size broadcasts over one contiguous span (ONNX Runtime
+    # broadcasts over an inner axis span by span: 4 points at a time)
+    # (N, Lq, M, L, P, 2) -> (L, N, Lq, M, P, 2); (N, Lq, M, L, P) -> (L, N, Lq, M, P)
+    sampling_locations = g.op("Transpose", sampling_locations, perm_i=[3, 0, 1, 2, 4, 5])
+    attention_weights = g.op("Transpose", attention_weights, perm_i=[3, 0, 1, 2, 4])
+    # (L, 2) rows (H, W) -> (L, 1, 1, 1, 1) each, to broadcast over (L, N, Lq, M, P)
+    per_level = _const(g, [-1, 1, 1, 1, 1])
     shapes = g.op("Cast", spatial_shapes, to_i=FLOAT)
     H = g.op("Reshape", _select(g, shapes, 1, 0), per_level)
     W = g.op("Reshape", _select(g, shapes, 1, 1), per_level)
@@ -135,16 +142,16 @@ def ms_deform_attn_symbolic(
     value_shape = g.op("Shape", value)
     N, S, D = (_dim(g, value_shape, i) for i in (0, 1, 3))
     Lq = _dim(g, g.op("Shape", sampling_locations), 1)
-    # image n's rows start at n * S in the flattened (N * S, D) value: (N, 1, 1, 1, 1, 1)
+    # image n's rows start at n * S in the flattened (N * S, D) value: (1, N, 1, 1, 1, 1)
     batch = g.op("Range", _const(g, 0), g.op("Squeeze", N, _const(g, [0])), _const(g, 1))
-    offsets = g.op("Reshape", g.op("Mul", batch, S), _const(g, [-1, 1, 1, 1, 1, 1]))
+    offsets = g.op("Reshape", g.op("Mul", batch, S), _const(g, [1, -1, 1, 1, 1, 1]))
     rows = g.op("Add", rows, offsets)
     minus_one = _const(g, [-1])
     rows_shape = g.op("Concat", N, Lq, minus_one, axis_i=0)
     weights_shape = g.op("Concat", N, Lq, _const(g, [1, -1]), axis_i=0)
-    # (N, Lq, M, L, P, 4) -> M x L pieces (N, Lq, 1, 1, P, 4); (N, S, M, D) -> M x (N, S, 1, D)
-    rows = [_split(g, r, 3, num_levels) for r in _split(g, rows, 2, num_heads)]
-    weights = [_split(g, w, 3, num_levels) for w in _split(g, weights, 2, num_heads)]
+    # (L, N, Lq, M, P, 4) -> L x M pieces (1, N, Lq, 1, P, 4); (N, S, M, D) -> M x (N, S, 1, D)
+    rows = [_split(g, r, 3, num_heads) for r in _split(g, rows, 0, num_levels)]
+    weights = [_split(g, w, 3, num_heads) for w in _split(g, weights, 0, num_levels)]
     values = _split(g, value, 2, num_heads)
     heads = []
     for m in range(num_heads):
@@ -152,10 +159,10 @@ def ms_deform_attn_symbolic(
         value_m = g.op("Reshape", values[m], g.op("Concat", minus_one, D, axis_i=0))
         out = None
         for lvl in range(num_levels):
-            # (N, Lq, 1, 1, P, 4) -> (N, Lq, P * 4) rows -> (N, Lq, P * 4, D) gathered, then
+            # (1, N, Lq, 1, P, 4) -> (N, Lq, P * 4) rows -> (N, Lq, P * 4, D) gathered, then
             # (N, Lq, 1, P * 4) weights @ it -> (N, Lq, 1, D)
-            sampled = g.op("Gather", value_m, g.op("Reshape", rows[m][lvl], rows_shape), axis_i=0)
-            level_out = g.op("MatMul", g.op("Reshape", weights[m][lvl], weights_shape), sampled)
+            sampled = g.op("Gather", value_m, g.op("Reshape", rows[lvl][m], rows_shape), axis_i=0)
+            level_out = g.op("MatMul", g.op("Reshape", weights[lvl][m], weights_shape), sampled)
             out = level_out if out is None else g.op("Add", out, level_out)
         heads.append(out)
     # M x (N, Lq, 1, D) -> (N, Lq, M, D) -> (N, Lq, M * D)
