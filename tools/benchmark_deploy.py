@@ -89,11 +89,16 @@ def last_line(text):
     return text.strip().splitlines()[-1] if text.strip() else "?"
 
 
+def child_command(role, name, height, width):
+    """This script's command line for a child process: role "--memory-of" or "--worker"."""
+    script = os.path.abspath(__file__)
+    return [sys.executable, script, role, name, "--height", str(height), "--width", str(width)]
+
+
 def measure_memory(name, height, width):
     env = dict(ddetr_malloc.system_env(), MALLOC_MMAP_THRESHOLD_="65536")
     env["MALLOC_TRIM_THRESHOLD_"] = "0"
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", name]
-    cmd += ["--height", str(height), "--width", str(width)]
+    cmd = child_command("--memory-of", name, height, width)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         return f"failed: {last_line(out.stderr)}"
@@ -156,8 +161,7 @@ class Worker:
     """A path's worker process; ask() sends it one command and returns its reply."""
 
     def __init__(self, name, args, env=None):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name]
-        cmd += ["--height", str(args.height), "--width", str(args.width)]
+        cmd = child_command("--worker", name, args.height, args.width)
         self.stderr = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
