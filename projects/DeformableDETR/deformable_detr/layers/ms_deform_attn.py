@@ -134,8 +134,11 @@ class MSDeformAttn(nn.Module):
             value = value.masked_fill(padding_mask[..., None], 0.0)
         value = value.view(N, S, M, C // M)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        # (N, Lq, M, L * P) softmax over all samples of a head -> (N, Lq, M, L, P)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1)
+        # (N, Lq, M * L * P) -> (N * Lq * M, L * P): softmax over all samples of a head, one
+        # row each. As 2-D rows, Inductor's code for a package of every image size stays
+        # vectorised; as (N, Lq, M, L * P) it stored them transposed, with the symbolic size in
+        # every index: the encoder's kernel took 2.5x the static package's (docs/deploy.md)
+        weights = self.attention_weights(query).view(-1, L * P).softmax(-1)
         weights = weights.view(N, Lq, M, L, P)
         # (N, Lq, L, 2|4) -> (N, Lq, 1, L, 1, 2|4) against offsets (N, Lq, M, L, P, 2)
         ref = reference_points[:, :, None, :, None, :]
