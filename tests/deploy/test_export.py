@@ -165,8 +165,9 @@ def test_export_tool_unknown_format(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_export_tool_onnx_and_predict(tmp_path, capsys):
-    """The tool writes an ONNX file that agrees with the eager model on a JPEG (exit 0);
-    onnx_predict.py (onnxruntime, numpy, Pillow only) draws its detections on that JPEG."""
+    """The tool writes an ONNX file that agrees with the eager model on a JPEG (exit 0), with
+    the config's test resize in its metadata; onnx_predict.py (onnxruntime, numpy, Pillow only)
+    resizes with that, unasked, and draws its detections on that JPEG."""
     jpeg = str(tmp_path / "sample.jpg")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)).save(jpeg)
@@ -211,10 +212,6 @@ def test_export_tool_onnx_and_predict(tmp_path, capsys):
             jpeg,
             "--output",
             str(pictures),
-            "--min-size",
-            "128",
-            "--max-size",
-            "160",
             "--confidence-threshold",
             "0",
         ],
@@ -224,6 +221,8 @@ def test_export_tool_onnx_and_predict(tmp_path, capsys):
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert result.returncode == 0, result.stderr
+    metadata = "min size 128 from the file's metadata, max size 160 from the file's metadata"
+    assert metadata in result.stdout
     assert "100 of 100 detections drawn" in result.stdout
     with Image.open(pictures / "sample.jpg") as picture:
         assert picture.size == (150, 120)

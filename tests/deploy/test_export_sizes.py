@@ -90,6 +90,15 @@ def test_two_stage_onnx_takes_its_min_side_and_not_less(two_stage_file):
         run_onnx(path, image(side - 1, side - 1, 1).numpy())
 
 
+def test_export_onnx_refuses_a_wrong_test_resize(tmp_path):
+    """The resize written into the file's metadata must be two sizes of at least one pixel."""
+    model = build("ddetr_r50.yaml", SHALLOW).eval()
+    for wrong in [(0, 1333), (800,), (800.0, 1333), (800, 1333, 1)]:
+        with pytest.raises(ValueError, match=r"test_resize must be .* two ints >= 1"):
+            export_onnx(model, image(*SIZE, 0), str(tmp_path / "x.onnx"), test_resize=wrong)
+    assert not os.path.exists(tmp_path / "x.onnx")
+
+
 def test_a_two_stage_sample_below_min_side_is_refused():
     """Its trace would keep fewer proposals at every size."""
     model = build("ddetr_r50_two_stage.yaml", SHALLOW).eval()

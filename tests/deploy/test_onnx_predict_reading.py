@@ -60,7 +60,13 @@ def test_onnx_predict_reads_16bit_grayscale_as_opencv_does(tmp_path, capsys):
         "1",
     ]
     assert load_script(PREDICT_TOOL).main(argv) == 0
-    assert "0 of 1 detections drawn" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "0 of 1 detections drawn" in printed
+    # a file without export_model.py's metadata: the given size, and the released longest side
+    assert (
+        "test resize: min size 40 from --min-size, max size 1333 from the released default"
+        in printed
+    )
     with Image.open(tmp_path / "out" / "gray16.png") as picture:
         drawn = np.asarray(picture.convert("RGB"))
     np.testing.assert_array_equal(drawn, cv2.imread(image, cv2.IMREAD_COLOR)[:, :, ::-1])

@@ -85,8 +85,6 @@ logger = logging.getLogger("deformable_detr.export")
 
 FORMATS = ("torchscript", "onnx", "aoti")
 FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}
-# each writes a model's file from a sample image; aoti's takes the largest side too (main)
-EXPORTERS = {"torchscript": export_torchscript, "onnx": export_onnx}
 # each runs a file on an image (3, H, W) tensor
 RUNNERS = {
     "torchscript": run_torchscript,
@@ -241,8 +239,11 @@ def main(argv=None) -> int:
     max_side = max(cfg.INPUT.MAX_SIZE_TEST, *image.shape[-2:])
     if args.format == "aoti":
         export_aoti(model, image, path, max_side=max_side, calibration=calibration)
+    elif args.format == "onnx":  # onnx_predict.py resizes as the file's metadata says
+        resize = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        export_onnx(model, image, path, test_resize=resize)
     else:
-        EXPORTERS[args.format](model, image, path)
+        export_torchscript(model, image, path)
     logger.info(f"wrote {path}")
     int8 = calibration is not None
     ok = check_at(args.format, path, image, expected, int8)

@@ -5,7 +5,9 @@ draws the detections, with onnxruntime, numpy and Pillow only (no torch, no Dete
   python tools/deploy/onnx_predict.py --model out/model.onnx --input a.jpg b.png --output pics/
 
 Each image is resized as the model's test resize does (shorter side --min-size, longer side at
-most --max-size, the released rounding), run, and its boxes above --confidence-threshold are drawn
+most --max-size, the released rounding; by default the config's INPUT.MIN_SIZE_TEST and
+INPUT.MAX_SIZE_TEST, which export_model.py writes into the file's metadata, or the released
+800 and 1333 for a file without them), run, and its boxes above --confidence-threshold are drawn
 on the original image, written to the --output folder under the image's path relative to the
 deepest folder all the images share, as demo.py does (a/x.jpg and b/x.jpg become OUT/a/x.jpg and
 OUT/b/x.jpg; one folder's images keep their file names).
@@ -35,6 +37,9 @@ _IMAGE_FILE = os.path.join(
 _spec = importlib.util.spec_from_file_location("deformable_detr_image_file", _IMAGE_FILE)
 image_file = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(image_file)
+
+
+DEFAULT_RESIZE = (800, 1333)  # the released INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST
 
 
 def resized_size(h: int, w: int, short: int, max_size: int):
@@ -67,8 +72,12 @@ def get_parser():
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx file")
     parser.add_argument("--input", required=True, nargs="+", help="image files")
     parser.add_argument("--output", required=True, help="folder for the pictures")
-    parser.add_argument("--min-size", type=int, default=800, help="INPUT.MIN_SIZE_TEST")
-    parser.add_argument("--max-size", type=int, default=1333, help="INPUT.MAX_SIZE_TEST")
+    parser.add_argument(
+        "--min-size", type=int, help="INPUT.MIN_SIZE_TEST (default: the file's, else 800)"
+    )
+    parser.add_argument(
+        "--max-size", type=int, help="INPUT.MAX_SIZE_TEST (default: the file's, else 1333)"
+    )
     parser.add_argument(
         "--confidence-threshold",
         type=probability,
@@ -86,6 +95,30 @@ def input_sizes(session):
     fixed = (height, width) if isinstance(height, int) and isinstance(width, int) else None
     min_side = int(session.get_modelmeta().custom_metadata_map.get("min_image_side", 1))
     return fixed, min_side
+
+
+def test_resize(session, args):
+    """(min_size, max_size) of the resize: --min-size and --max-size where given, else the
+    file's metadata (export_model.py writes the config's; deformable_detr.export.ONNX_RESIZE_KEYS),
+    else the released defaults; and a line saying where they came from."""
+    stored = session.get_modelmeta().custom_metadata_map
+    sizes, sources = [], []
+    for flag, key, default in (
+        ("--min-size", "min_size_test", DEFAULT_RESIZE[0]),
+        ("--max-size", "max_size_test", DEFAULT_RESIZE[1]),
+    ):
+        given = getattr(args, flag[2:].replace("-", "_"))
+        if given is not None:
+            value, source = given, flag
+        elif key in stored:
+            value, source = int(stored[key]), "the file's metadata"
+        else:
+            value, source = default, "the released default (the file does not record its own)"
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value} (from {source})")
+        sizes.append(value)
+        sources.append(f"{flag.lstrip('-').replace('-', ' ')} {value} from {source}")
+    return tuple(sizes), "test resize: " + ", ".join(sources)
 
 
 def check_size(path: str, size, fixed, min_side: int, args) -> None:
@@ -146,12 +179,14 @@ def draw(rgb: Image.Image, boxes, scores, classes, threshold: float) -> Image.Im
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     for name in ("min_size", "max_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     missing = [p for p in [args.model, *args.input] if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"no such file: {missing}")
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    (args.min_size, args.max_size), line = test_resize(session, args)
+    print(line)
     fixed, min_side = input_sizes(session)
     for path, out in zip(args.input, picture_paths(args.input, args.output)):
         rgb = image_file.open_image(path).convert("RGB")

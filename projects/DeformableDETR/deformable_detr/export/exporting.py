@@ -6,7 +6,7 @@ Shapes: H x W the image's size at the test-time resize, R detections.
 import contextlib
 import io
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ __all__ = [
     "ONNX_INPUT",
     "ONNX_MIN_SIDE_KEY",
     "ONNX_OUTPUTS",
+    "ONNX_RESIZE_KEYS",
 ]
 
 ONNX_INPUT = "image"
@@ -32,6 +33,9 @@ ONNX_OUTPUTS = ("boxes", "scores", "classes")
 # metadata_props key of a dynamic export: the smallest side of the images it takes (sizes.py);
 # tools/deploy/onnx_predict.py reads it under this name
 ONNX_MIN_SIDE_KEY = "min_image_side"
+# metadata_props keys of the test resize the file's images take (INPUT.MIN_SIZE_TEST and
+# INPUT.MAX_SIZE_TEST), which onnx_predict.py resizes with unless told otherwise
+ONNX_RESIZE_KEYS = ("min_size_test", "max_size_test")
 Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -70,7 +74,9 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: str) -> None
 
 
 @torch.no_grad()
-def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
+def export_onnx(
+    model: nn.Module, image: torch.Tensor, path, test_resize: Optional[Tuple[int, int]] = None
+) -> None:
     """Writes model to path (a file name or a binary file object) as ONNX (opset 17, default-
     domain operators only): input "image" (3, height, width), outputs "boxes" (R, 4), "scores"
     (R,), "classes" (R,).
@@ -78,9 +84,21 @@ def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
     Height and width are dynamic, unless the model's trace fixes them (sizes.fixed_size_reason):
     then the input's dims are the sample's, and runtimes refuse other sizes. A dynamic two-stage
     model takes images of at least min_image_side pixels a side: the file's metadata says so
-    (ONNX_MIN_SIDE_KEY), and a smaller sample is refused (ValueError)."""
+    (ONNX_MIN_SIDE_KEY), and a smaller sample is refused (ValueError).
+
+    test_resize: (INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST) of the config the model was trained
+    with, written to the file's metadata (ONNX_RESIZE_KEYS): the sizes its images are resized
+    to, which onnx_predict.py reads. A model trained on small images finds nothing in a
+    picture resized to the released 800/1333."""
     import onnx
 
+    if test_resize is not None and (
+        len(test_resize) != 2 or not all(isinstance(v, int) and v >= 1 for v in test_resize)
+    ):
+        raise ValueError(
+            f"test_resize must be (INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST), two ints >= 1, "
+            f"got {test_resize!r}"
+        )
     dynamic = fixed_size_reason(model) is None
     if dynamic:
         check_sample_size(model, image)
@@ -101,8 +119,11 @@ def export_onnx(model: nn.Module, image: torch.Tensor, path) -> None:
             },
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    if dynamic:
-        onnx.helper.set_model_props(proto, {ONNX_MIN_SIDE_KEY: str(min_image_side(model))})
+    props = {ONNX_MIN_SIDE_KEY: str(min_image_side(model))} if dynamic else {}
+    if test_resize is not None:
+        props.update(zip(ONNX_RESIZE_KEYS, map(str, test_resize)))
+    if props:
+        onnx.helper.set_model_props(proto, props)
     onnx.save(proto, path)
 
 
