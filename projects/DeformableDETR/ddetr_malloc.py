@@ -12,9 +12,16 @@ single pairs 1.04x-1.37x); the op's float32 forward+backward at batch 4, per ima
 How: LD_PRELOAD only acts when a process starts, so each script calls `reexec_with_mimalloc()`
 before its imports; it executes the same command line again, once, with the library of the
 cmeel-mimalloc wheel (requirements.txt) first in LD_PRELOAD. Processes started from there (the
-workers of `--num-gpus`, compilers) inherit it. It also sets TBB_ENABLE_SANITIZERS=1: oneTBB
-(under OpenVINO) loads its hwloc binding with RTLD_DEEPBIND, and hwloc then frees mimalloc's
-memory with glibc's free (an abort, oneTBB issue 1636); the variable makes oneTBB load it plainly.
+workers of `--num-gpus`, compilers) inherit it. Two more variables (`mimalloc_env`), each kept
+where the user set it:
+- MIMALLOC_PURGE_DELAY=10000: mimalloc gives memory unused for 1 s back to the system, and an
+  inference on the CPU takes longer than that, so each one faulted its large blocks in again
+  (4,100-9,100 faults per inference, 470-1,000 with this). Kept 10 s, reused: AOTInductor
+  packages 2-4% faster, eager 6-12% (ddetr_r50, 800x1333, 2 cores, processes taking turns);
+  memory still goes back after 10 s idle.
+- TBB_ENABLE_SANITIZERS=1: oneTBB (under OpenVINO) loads its hwloc binding with RTLD_DEEPBIND,
+  and hwloc then frees mimalloc's memory with glibc's free (an abort, oneTBB issue 1636); the
+  variable makes oneTBB load it plainly.
 
 DDETR_MALLOC chooses: "auto" (the default) preloads mimalloc on machines without a GPU device
 (/dev/nvidia*, /dev/kfd), where the model runs on the CPU, and leaves GPU machines as
@@ -24,8 +31,9 @@ tcmalloc, mimalloc: the user's choice), a system other than Linux, a session wit
 (python -c, stdin), and a script that another program runs inside its own process (runpy: its
 command line would start that program again). Without the wheel the script goes on with a warning.
 
-For your own process (a server around DefaultPredictor or run_aoti):
-    LD_PRELOAD=$(python -m ddetr_malloc) TBB_ENABLE_SANITIZERS=1 python serve.py
+For your own process (a server around DefaultPredictor or run_aoti), `--env` prints the three
+variables:
+    env $(python -m ddetr_malloc --env) python serve.py
 
 Standard library only: it runs before torch is imported, and outside the deformable_detr package,
 whose import takes seconds that the re-execution would pay twice.
@@ -42,8 +50,19 @@ ENV = "DDETR_MALLOC"  # "auto" (the default), "mimalloc" or "system" (module doc
 CHOICES = ("auto", "mimalloc", "system")
 GPU_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd")  # NVIDIA's and AMD's device files
 ALLOCATORS = ("mimalloc", "jemalloc", "tcmalloc")  # preloaded malloc libraries, told by file name
+# set beside LD_PRELOAD unless already set (module docstring): how long mimalloc keeps freed
+# memory before giving it back (its default: 1000 ms), and oneTBB's plain loading of hwloc
+SETTINGS = {"MIMALLOC_PURGE_DELAY": "10000", "TBB_ENABLE_SANITIZERS": "1"}
 
-__all__ = ["ENV", "allocator_in_use", "mimalloc_library", "reexec_with_mimalloc", "system_env"]
+__all__ = [
+    "ENV",
+    "SETTINGS",
+    "allocator_in_use",
+    "mimalloc_env",
+    "mimalloc_library",
+    "reexec_with_mimalloc",
+    "system_env",
+]
 
 
 def mimalloc_library() -> Optional[str]:
@@ -56,6 +75,15 @@ def mimalloc_library() -> Optional[str]:
         if f.name == "libmimalloc.so" and os.path.isfile(f.locate()):
             return os.path.realpath(f.locate())
     return None
+
+
+def mimalloc_env(library: str) -> Dict[str, str]:
+    """The variables a process runs on mimalloc with: library first in LD_PRELOAD (after it,
+    what this process's LD_PRELOAD holds), and SETTINGS where this process's environment has
+    none of its own."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    env = {k: os.environ.get(k, v) for k, v in SETTINGS.items()}
+    return dict(env, LD_PRELOAD=f"{library}:{preload}" if preload else library)
 
 
 def allocator_in_use() -> str:
@@ -110,8 +138,7 @@ def reexec_with_mimalloc() -> None:
             stacklevel=2,
         )
         return
-    env = dict(os.environ, LD_PRELOAD=f"{library}:{preload}" if preload else library)
-    env.setdefault("TBB_ENABLE_SANITIZERS", "1")
+    env = dict(os.environ, **mimalloc_env(library))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
@@ -131,7 +158,12 @@ def system_env() -> Dict[str, str]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] not in ([], ["--env"]):
+        raise SystemExit(
+            "usage: python -m ddetr_malloc [--env]: the path of libmimalloc.so, or with --env "
+            "the variables to run a process on it with (env $(python -m ddetr_malloc --env) ...)"
+        )
     path = mimalloc_library()
     if path is None:
         raise SystemExit("cmeel-mimalloc is not installed: pip install -r requirements.txt")
-    print(path)
+    print(" ".join(f"{k}={v}" for k, v in mimalloc_env(path).items()) if sys.argv[1:] else path)

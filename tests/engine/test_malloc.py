@@ -1,7 +1,8 @@
 """ddetr_malloc: the scripts re-execute themselves once on mimalloc, keep their command line, leave
 a user's own allocator and the opt-out alone, and name a bad DDETR_MALLOC; and the reason for all
 of it, measured in page faults: a freed 64 MiB block comes back from mimalloc without faults, where
-glibc's malloc maps it afresh (one fault per 4 KiB page)."""
+glibc's malloc maps it afresh (one fault per 4 KiB page), and still so after mimalloc's default
+purge delay of 1 s, which the scripts raise."""
 
 import json
 import os
@@ -17,14 +18,16 @@ BLOCK_MIB = 64  # over glibc's 32 MiB ceiling for blocks it keeps
 PAGES = BLOCK_MIB * 2**20 // os.sysconf("SC_PAGE_SIZE")
 
 # A script as the project's scripts start, reporting its allocator, its argv, its LD_PRELOAD and
-# the page faults of filling a 64 MiB tensor again after freeing one of that size.
+# the page faults of filling a 64 MiB tensor again after freeing one of that size, after PAUSE_S
+# seconds of other work (an inference's length on the CPU: mimalloc gives back what it kept
+# unused past its purge delay as it goes on allocating).
 SCRIPT = f"""
 import sys
 sys.path.insert(0, {PACKAGE_DIR!r})
 import ddetr_malloc
 if __name__ == "__main__":
     ddetr_malloc.reexec_with_mimalloc()
-import json, os, resource
+import json, os, resource, time
 import torch
 
 def faults():
@@ -32,12 +35,17 @@ def faults():
 
 n = {BLOCK_MIB} * 2**20 // 4
 x = torch.empty(n); x.fill_(1); del x
+end = time.monotonic() + float(os.environ.get("PAUSE_S", "0"))
+while time.monotonic() < end:
+    torch.empty(2**20).fill_(0)
+    time.sleep(0.01)
 before = faults()
 x = torch.empty(n); x.fill_(2)
 refill = faults() - before
 print(json.dumps({{"allocator": ddetr_malloc.allocator_in_use(), "argv": sys.argv[1:],
                    "preload": os.environ.get("LD_PRELOAD", ""), "refill_faults": refill,
-                   "tbb": os.environ.get("TBB_ENABLE_SANITIZERS")}}))
+                   "tbb": os.environ.get("TBB_ENABLE_SANITIZERS"),
+                   "purge_delay": os.environ.get("MIMALLOC_PURGE_DELAY")}}))
 """
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and /proc are Linux's")
@@ -46,7 +54,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and 
 def clean_env(**extra):
     """The test process's environment without any allocator choice, DDETR_MALLOC=mimalloc (its
     default, "auto", leaves a machine with a GPU as it is), plus `extra`."""
-    drop = ("LD_PRELOAD", ddetr_malloc.ENV, "TBB_ENABLE_SANITIZERS")
+    drop = ("LD_PRELOAD", ddetr_malloc.ENV, *ddetr_malloc.SETTINGS)
     env = {k: v for k, v in os.environ.items() if k not in drop}
     return dict(env, OMP_NUM_THREADS="1", **{ddetr_malloc.ENV: "mimalloc", **extra})
 
@@ -85,6 +93,19 @@ def test_mimalloc_library_is_the_wheels_shared_object():
         [sys.executable, "-m", "ddetr_malloc"], capture_output=True, text=True, env=clean_env()
     )
     assert done.returncode == 0 and done.stdout.strip() == path
+    done = subprocess.run(
+        [sys.executable, "-m", "ddetr_malloc", "--env"],
+        capture_output=True,
+        text=True,
+        env=clean_env(MIMALLOC_PURGE_DELAY="-1"),
+    )
+    assert done.returncode == 0 and done.stdout.split() == [
+        "MIMALLOC_PURGE_DELAY=-1",  # the user's value kept
+        "TBB_ENABLE_SANITIZERS=1",
+        f"LD_PRELOAD={path}",
+    ]
+    done = subprocess.run([sys.executable, "-m", "ddetr_malloc", "--path"], capture_output=True)
+    assert done.returncode != 0 and b"usage: python -m ddetr_malloc [--env]" in done.stderr
 
 
 def test_script_reexecutes_on_mimalloc_with_its_arguments(tmp_path):
@@ -94,8 +115,23 @@ def test_script_reexecutes_on_mimalloc_with_its_arguments(tmp_path):
     assert got["argv"] == args
     assert got["preload"] == ddetr_malloc.mimalloc_library()
     assert got["tbb"] == "1"  # oneTBB loads hwloc without RTLD_DEEPBIND (OpenVINO's abort)
+    assert got["purge_delay"] == "10000"
     # the freed block came back: far fewer faults than its pages (measured: 0 of 16384)
     assert got["refill_faults"] < PAGES / 16, got
+
+
+def test_freed_memory_kept_past_mimallocs_default_purge_delay(tmp_path):
+    """Freed 1.5 s of work before (longer than mimalloc's default delay of 1 s), the block comes
+    back without faults under the scripts' delay; with mimalloc's default it was given back and
+    faults in again (the control). Counted in 2 MiB pages, the fewest the kernel may fault it in
+    (mimalloc asks for huge pages where the kernel gives them on request)."""
+    huge_pages = BLOCK_MIB // 2
+    kept = report(run_script(tmp_path, clean_env(PAUSE_S="1.5")))
+    assert kept["purge_delay"] == "10000", kept
+    assert kept["refill_faults"] < huge_pages / 4, kept  # measured: 0
+    purged = report(run_script(tmp_path, clean_env(PAUSE_S="1.5", MIMALLOC_PURGE_DELAY="1000")))
+    assert purged["purge_delay"] == "1000", purged  # the user's value stays
+    assert purged["refill_faults"] >= huge_pages * 0.9, purged  # measured: 32 (2 MiB pages)
 
 
 def test_opt_out_keeps_glibc_which_faults_on_every_page(tmp_path):
