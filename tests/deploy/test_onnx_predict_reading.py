@@ -16,8 +16,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-def _no_detections_onnx(path):
-    """image (3, h, w) float -> one box [0, 0, 1, 1] of score 0, class 0."""
+def _no_detections_onnx(path, metadata=None):
+    """image (3, h, w) float -> one box [0, 0, 1, 1] of score 0, class 0; metadata: the file's
+    metadata_props."""
     from onnx import TensorProto, helper
 
     def constant(name, array):
@@ -39,6 +40,8 @@ def _no_detections_onnx(path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    if metadata:
+        helper.set_model_props(model, metadata)
     onnx.save(model, str(path))
     return str(path)
 
@@ -70,3 +73,20 @@ def test_onnx_predict_reads_16bit_grayscale_as_opencv_does(tmp_path, capsys):
     with Image.open(tmp_path / "out" / "gray16.png") as picture:
         drawn = np.asarray(picture.convert("RGB"))
     np.testing.assert_array_equal(drawn, cv2.imread(image, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+@pytest.mark.parametrize(
+    "metadata, flags, error",
+    [
+        (None, ["--min-size", "0"], r"--min-size must be >= 1, got 0 \(from --min-size\)"),
+        ({"max_size_test": "0"}, [], r"--max-size must be >= 1, got 0 \(from the file's metadata"),
+        ({"min_size_test": "big"}, [], r"metadata min_size_test must be an int, got 'big'"),
+    ],
+)
+def test_onnx_predict_names_a_wrong_resize(tmp_path, metadata, flags, error):
+    image = str(tmp_path / "x.png")
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(image)
+    model = _no_detections_onnx(tmp_path / "model.onnx", metadata)
+    argv = ["--model", model, "--input", image, "--output", str(tmp_path / "out"), *flags]
+    with pytest.raises(ValueError, match=error):
+        load_script(PREDICT_TOOL).main(argv)

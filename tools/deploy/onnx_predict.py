@@ -97,10 +97,11 @@ def input_sizes(session):
     return fixed, min_side
 
 
-def test_resize(session, args):
-    """(min_size, max_size) of the resize: --min-size and --max-size where given, else the
+def chosen_resize(session, args):
+    """(min_size, max_size) of the test resize: --min-size and --max-size where given, else the
     file's metadata (export_model.py writes the config's; deformable_detr.export.ONNX_RESIZE_KEYS),
-    else the released defaults; and a line saying where they came from."""
+    else the released defaults; and a line saying where they came from. ValueError names a size
+    below 1 or metadata that is not a number."""
     stored = session.get_modelmeta().custom_metadata_map
     sizes, sources = [], []
     for flag, key, default in (
@@ -111,7 +112,10 @@ def test_resize(session, args):
         if given is not None:
             value, source = given, flag
         elif key in stored:
-            value, source = int(stored[key]), "the file's metadata"
+            value, source = stored[key], "the file's metadata"
+            if not value.lstrip("-").isdigit():
+                raise ValueError(f"{args.model}: metadata {key} must be an int, got {value!r}")
+            value = int(value)
         else:
             value, source = default, "the released default (the file does not record its own)"
         if value < 1:
@@ -178,14 +182,11 @@ def draw(rgb: Image.Image, boxes, scores, classes, threshold: float) -> Image.Im
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    for name in ("min_size", "max_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     missing = [p for p in [args.model, *args.input] if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"no such file: {missing}")
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    (args.min_size, args.max_size), line = test_resize(session, args)
+    (args.min_size, args.max_size), line = chosen_resize(session, args)
     print(line)
     fixed, min_side = input_sizes(session)
     for path, out in zip(args.input, picture_paths(args.input, args.output)):
